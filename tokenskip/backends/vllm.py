@@ -1,0 +1,62 @@
+"""vLLM backend for GPU machines. vLLM is imported only here, only when this backend is chosen."""
+
+from __future__ import annotations
+
+from tokenskip.backends import Completion, DecodingSettings
+from tokenskip.modeling import stop_token_ids
+
+# vLLM schedules its own batches; we hand it this many prompts at a time so that finished
+# answers reach the disk (and a killed run loses little) without starving its scheduler.
+CHUNK_SIZE = 512
+# LoRA ranks vLLM accepts for `max_lora_rank`.
+SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_limit(adapter_rank: int) -> int:
+    return next((rank for rank in SUPPORTED_LORA_RANKS if rank >= adapter_rank), adapter_rank)
+
+
+class VLLMBackend:
+    name = "vllm"
+    chunk_size = CHUNK_SIZE
+
+    def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, tensor_parallel_size: int,
+                 dtype: str, adapter_path: str | None = None, adapter_rank: int = 8):
+        from vllm import LLM, SamplingParams
+
+        self.tokenizer = tokenizer
+        lora_options = {"enable_lora": True, "max_lora_rank": lora_rank_limit(adapter_rank)} if adapter_path else {}
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=tokenizer.name_or_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            seed=settings.seed,
+            trust_remote_code=True,
+            generation_config="vllm",  # ignore the model's sampling defaults, as the hf backend does
+            **lora_options,
+        )
+        self.sampling_params = SamplingParams(
+            max_tokens=int(settings.max_new_tokens),
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            repetition_penalty=1.0,
+            stop_token_ids=stop_token_ids(tokenizer),
+            skip_special_tokens=True,
+        )
+        self.lora_request = None
+        if adapter_path:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("tokenskip", 1, adapter_path)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def generate(self, prompts: list[str]) -> list[Completion]:
+        # Token ids, not strings: vLLM would add a second BOS to prompts that carry their own.
+        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
+        # vLLM returns the outputs in the order of the inputs.
+        outputs = self.llm.generate(inputs, self.sampling_params, lora_request=self.lora_request, use_tqdm=False)
+        return [Completion(text=o.outputs[0].text, n_tokens=len(o.outputs[0].token_ids)) for o in outputs]

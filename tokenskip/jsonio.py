@@ -1,0 +1,130 @@
+"""JSON/JSONL files that survive crashes: atomic whole-file writes and resumable append logs.
+
+Every stage passes its results to the next through these files, so a half-written file must
+never look complete: whole files are written to a temporary name and renamed into place, and
+append logs drop a torn last line when they are reopened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from tokenskip.errors import UsageError
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "file", made_by: str | None = None) -> list[dict]:
+    """Read a JSONL file; a bad line is reported as `file:line` with the parser's complaint."""
+    path = Path(path)
+    if not path.is_file():
+        hint = f" (it is written by {made_by})" if made_by else ""
+        raise UsageError(f"{what} not found: {path}{hint}")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records
+
+
+def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def dumps_line(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of `path`; on success it replaces `path`, on error it vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    with atomic_writer(path) as handle:
+        for record in records:
+            handle.write(dumps_line(record))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_writer(path) as handle:
+        json.dump(obj, handle, indent=4, ensure_ascii=False)
+        handle.write("\n")
+
+
+class AppendLog:
+    """A JSONL file that grows one flushed line per finished record, for resumable runs.
+
+    Opening it repairs a torn last line (a run killed mid-write) and exposes the complete
+    records already there, so a rerun skips them and writes no duplicate.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records = self._recover()
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def _recover(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+        records = []
+        for raw in data[:keep].splitlines():
+            if raw.strip():
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    raise UsageError(
+                        f"{self.path}: line {len(records) + 1} is corrupt; delete the file to start this run over"
+                    ) from None
+        if keep < len(data):
+            with self.path.open("r+b") as handle:
+                handle.truncate(keep)
+        return records
+
+    def append(self, record: dict) -> None:
+        # flush (not fsync): a killed process loses nothing the OS already holds
+        self._handle.write(dumps_line(record))
+        self._handle.flush()
+        self.records.append(record)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> "AppendLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
