@@ -9,11 +9,21 @@ from typing import Callable, NoReturn, Sequence
 from tokenskip.errors import UsageError
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default when it has a meaningful one (not None/False), and keeps epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class StageParser(argparse.ArgumentParser):
     """An ArgumentParser whose mistakes (unknown or malformed flags) become one-line UsageErrors."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)  # a typo must not silently pick another flag
         super().__init__(**kwargs)
 

@@ -24,6 +24,17 @@ from tokenskip.grading import GRADERS, Grader, GradeRequest
 from tokenskip.jsonio import AppendLog, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tokenskip.metrics import summarize
 
+EXAMPLES = """examples:
+  # stage 1: the model's own CoTs on the training split (vLLM on a GPU)
+  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --data-type train --output-dir outputs/Qwen2.5-7B-Instruct/gsm8k/
+  # stage 5: the TokenSkip adapter at gamma = 0.5 on the test split
+  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --use_adapter --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K \\
+      --compression_ratio 0.5 --data-type test
+  # offline, on a CPU, with the embedded model (python download_models.py --embedded)
+  python evaluation.py --model-path models/SmolLM2-135M-Instruct --data-path datasets/sample/test.jsonl --max_new_tokens 128 --model-size 135m
+  # grade an existing run again
+  python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
+"""
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 RUN_SETTINGS = "run.json"
@@ -31,21 +42,21 @@ GENERATION_LOG = "generation_log.jsonl"
 
 
 def build_parser() -> StageParser:
-    parser = StageParser(prog="evaluation.py", description=__doc__.splitlines()[0])
+    parser = StageParser(prog="evaluation.py", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     add = parser.add_argument
     add("--output-dir", default="outputs/Qwen2.5-7B-Instruct/gsm8k/",
         help="root of this model's outputs; the run goes to {output-dir}/{model-size}/Original/{data-type}/ "
              "or, with an adapter, {output-dir}/{model-size}/TokenSkip/{ratio}/")
     add("--model-path", default="models/Qwen2.5-7B-Instruct", help="local model folder (or a hub id)")
-    add("--tokenizer-path", default=None, help="default: the model path")
+    add("--tokenizer-path", default=None, help="tokenizer folder, if not the model's own")
     add("--adapter-path", default=None, help="LoRA adapter folder, used with --use_adapter")
     add("--model-size", default="7b", help="free text naming the model size in the output path (3b, 7b, 14b, 8b...)")
     add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="prompt format")
     add("--use_adapter", action="store_true", help="load the LoRA adapter from --adapter-path")
     add("--compression_ratio", type=float, default=1.0,
         help="target CoT compression ratio γ in (0, 1]; γ < 1 adds the ratio tag to the prompt")
-    add("--benchmark", choices=data.BENCHMARKS, default="gsm8k")
-    add("--data-type", choices=data.SPLITS, default="test")
+    add("--benchmark", choices=data.BENCHMARKS, default="gsm8k", help="gsm8k, or math (MATH-500 for test)")
+    add("--data-type", choices=data.SPLITS, default="test", help="train collects CoTs; test measures")
     add("--data-path", default=None,
         help="a local jsonl; default datasets/{gsm8k|math-500}/{split}.jsonl, else the Hugging Face hub")
     add("--use_vllm", action="store_true", help="same as --backend vllm")
@@ -53,10 +64,11 @@ def build_parser() -> StageParser:
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf)")
     add("--max_num_examples", type=int, default=None,
         help="evaluate a seeded random subset of this size (the original script's sampling)")
-    add("--max_new_tokens", type=int, default=512)
+    add("--max_new_tokens", type=int, default=512,
+        help="generation budget; MATH adapter runs use round(max_new_tokens * γ), as the original")
     add("--eval_batch_size", type=int, default=16, help="batch size of the transformers backend")
     add("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    add("--seed", type=int, default=42)
+    add("--seed", type=int, default=42, help="sampling seed and --max_num_examples subset seed")
     add("--tensor_parallel_size", type=int, default=None, help="vLLM GPUs; default: every visible GPU")
     add("--device", default="auto", help="transformers backend device: auto, cpu, cuda, cuda:1...")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],

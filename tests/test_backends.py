@@ -1,0 +1,125 @@
+"""Generation backends: truly greedy transformers decoding, and the vLLM call contract."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+
+from tokenskip import evaluate
+from tokenskip.backends import DecodingSettings
+from tokenskip.backends.hf import HFBackend
+from tokenskip.backends.vllm import lora_rank_limit
+from tokenskip.modeling import load_tokenizer, stop_token_ids
+
+from conftest import ROOT
+
+
+@pytest.fixture()
+def penalized_model_dir(tiny_lm_dir, tmp_path):
+    """The tiny model, with a generation_config that would change greedy outputs if obeyed."""
+    folder = tmp_path / "penalized"
+    shutil.copytree(tiny_lm_dir, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(repetition_penalty=3.0, no_repeat_ngram_size=2, do_sample=True, temperature=0.7, top_k=5)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@torch.inference_mode()
+def argmax_decode(model, tokenizer, prompt: str, steps: int) -> list[int]:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    stops = set(stop_token_ids(tokenizer))
+    new = []
+    for _ in range(steps):
+        token = int(model(ids).logits[0, -1].argmax())
+        new.append(token)
+        if token in stops:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return new
+
+
+def test_hf_backend_is_plain_greedy_whatever_the_model_config_says(penalized_model_dir):
+    tokenizer = load_tokenizer(str(penalized_model_dir))
+    backend = HFBackend(str(penalized_model_dir), tokenizer, settings=DecodingSettings(max_new_tokens=12),
+                        batch_size=3, device="cpu", dtype=torch.float32)
+    prompts = ["<|im_start|>user\nHi<|im_end|>\n", "<|im_start|>user\nA much longer question here?<|im_end|>\n",
+               "<|im_start|>user\n2+2<|im_end|>\n"]
+    completions = backend.generate(prompts)
+    for prompt, completion in zip(prompts, completions):
+        expected = argmax_decode(backend.model, tokenizer, prompt, 12)
+        assert completion.n_tokens == len(expected)
+        assert completion.text == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("rank, limit", [(8, 8), (12, 16), (64, 64), (100, 128)])
+def test_lora_rank_limit_fits_the_adapter(rank, limit):
+    assert lora_rank_limit(rank) == limit
+
+
+class FakeVLLM:
+    """Records what the toolkit asks of vLLM; answers with the prompt's length as text."""
+
+    calls: dict = {}
+
+    def __init__(self):
+        self.module = types.ModuleType("vllm")
+        self.module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+        self.module.LLM = self._llm_class()
+        self.module.SamplingParams = lambda **kwargs: ("params", kwargs)
+        lora = types.ModuleType("vllm.lora")
+        request = types.ModuleType("vllm.lora.request")
+        request.LoRARequest = lambda name, id_, path: ("lora", name, id_, path)
+        lora.request = request
+        self.modules = {"vllm": self.module, "vllm.lora": lora, "vllm.lora.request": request}
+
+    def _llm_class(self):
+        calls = self.calls
+
+        class LLM:
+            def __init__(self, **kwargs):
+                calls["init"] = kwargs
+
+            def generate(self, inputs, params, lora_request=None, use_tqdm=True):
+                calls.setdefault("generate", []).append((inputs, params, lora_request))
+                output = types.SimpleNamespace
+                return [output(outputs=[output(text=f"len={len(item['prompt_token_ids'])} \\boxed{{1}}",
+                                               token_ids=[7, 7, 7])]) for item in inputs]
+
+        return LLM
+
+
+def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
+    fake = FakeVLLM()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 12}))
+    metrics = evaluate.main([
+        "--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path / "out"), "--model-size", "t",
+        "--benchmark", "math", "--data-type", "test", "--data-path", str(ROOT / "datasets" / "sample" / "test.jsonl"),
+        "--use_vllm", "--use_adapter", "--adapter-path", str(adapter), "--compression_ratio", "0.7",
+        "--max_new_tokens", "1024", "--max_num_examples", "5",
+    ])
+    init = FakeVLLM.calls["init"]
+    assert init["tensor_parallel_size"] == 2 and init["enable_lora"] and init["max_lora_rank"] == 16
+    assert init["generation_config"] == "vllm"
+    [(inputs, (_, params), lora)] = FakeVLLM.calls["generate"]
+    assert params["max_tokens"] == 717 and isinstance(params["max_tokens"], int)  # round(1024 * 0.7)
+    assert params["temperature"] == 0.0 and params["repetition_penalty"] == 1.0
+    assert lora == ("lora", "tokenskip", 1, str(adapter))
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    records = [json.loads(line) for line in
+               (tmp_path / "out" / "t" / "TokenSkip" / "0.7" / "samples" / "predictions.jsonl").read_text().splitlines()]
+    for record in records:  # each answer went back to its own question, prompt tokenized once, no extra BOS
+        prompt_ids = tokenizer(record["prompt"], add_special_tokens=False).input_ids
+        assert record["model_output"].startswith(f"len={len(prompt_ids)} ")
+    assert metrics["backend"] == "vllm" and metrics["n_samples"] == 5
