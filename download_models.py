@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fetch base models, LLMLingua-2 and adapters (or the embedded offline default). See --help."""
+"""Fetch models, adapters and datasets from the Hugging Face hub, or the embedded offline model."""
 
 from tokenskip.cli import run_cli
 from tokenskip.download import main

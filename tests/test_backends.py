@@ -10,14 +10,13 @@ import types
 
 import pytest
 import torch
+from conftest import ROOT
 
 from tokenskip import evaluate
 from tokenskip.backends import DecodingSettings
 from tokenskip.backends.hf import HFBackend
 from tokenskip.backends.vllm import lora_rank_limit
 from tokenskip.modeling import load_tokenizer, stop_token_ids
-
-from conftest import ROOT
 
 
 @pytest.fixture()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Evaluate a model, with or without a TokenSkip adapter, at one or several compression ratios.
+# Edit the settings below, or override any of them from the environment, e.g.
+#   MODEL_PATH=models/SmolLM2-135M-Instruct MODEL_SIZE=135m DATA_PATH=datasets/sample/test.jsonl bash eval.sh
+#   RATIOS="1.0 0.9 0.8 0.7 0.6 0.5" bash eval.sh        # sweep ratios in one call
+# Paths default to what download_models.py wrote in models/paths.env.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/common.sh
+PYTHON="${PYTHON:-$GENERATION_PYTHON}"
+
+BENCHMARK="${BENCHMARK:-gsm8k}"  # "gsm8k", "math"
+OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
+MODEL_PATH="${MODEL_PATH:-$(recorded MODEL_PATH)}"; MODEL_PATH="${MODEL_PATH:-models/Qwen2.5-7B-Instruct}"
+MODEL_SIZE="${MODEL_SIZE:-7b}"
+MODEL_TYPE="${MODEL_TYPE:-qwen}"  # "llama3", "qwen"
+DATA_TYPE="${DATA_TYPE:-test}"    # "train", "test"
+DATA_PATH="${DATA_PATH:-}"        # empty: datasets/{gsm8k|math-500}/{split}.jsonl, else the hub
+
+# Generation Settings
+MAX_NUM_EXAMPLES="${MAX_NUM_EXAMPLES:-}"  # empty: all
+if [ "$BENCHMARK" = "math" ]; then MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-1024}"; else MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"; fi
+EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
+TEMPERATURE="${TEMPERATURE:-0.0}"
+SEED="${SEED:-42}"
+
+# TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
+ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
+USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
+COMPRESSION_RATIO="${COMPRESSION_RATIO:-0.5}"
+RATIOS="${RATIOS:-$COMPRESSION_RATIO}"
+
+args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH" --tokenizer-path "$MODEL_PATH"
+      --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
+      --max_new_tokens "$MAX_NEW_TOKENS" --eval_batch_size "$EVAL_BATCH_SIZE" --temperature "$TEMPERATURE"
+      --seed "$SEED" --benchmark "$BENCHMARK")
+[ -n "$MAX_NUM_EXAMPLES" ] && args+=(--max_num_examples "$MAX_NUM_EXAMPLES")
+[ -n "$DATA_PATH" ] && args+=(--data-path "$DATA_PATH")
+[ "$USE_ADAPTER" = 1 ] && args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
+
+for ratio in $RATIOS; do
+    echo "== $MODEL_PATH, ratio $ratio$([ "$USE_ADAPTER" = 1 ] && echo ", adapter $ADAPTER_PATH")"
+    "$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "$ratio"
+done

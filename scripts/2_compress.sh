@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Stage 2: compress the correct training CoTs at every ratio with METHOD = llmlingua2 | ner | cts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+PYTHON="${PYTHON:-$TOOLKIT_PYTHON}"
+
+BENCHMARK="${BENCHMARK:-gsm8k}"
+OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
+MODEL_SIZE="${MODEL_SIZE:-7b}"
+MODEL_TYPE="${MODEL_TYPE:-qwen}"
+METHOD="${METHOD:-llmlingua2}"
+RATIOS="${RATIOS:-0.9 0.8 0.7 0.6 0.5}"
+MAX_COT_TOKENS="${MAX_COT_TOKENS:-500}"
+LLMLINGUA_PATH="${LLMLINGUA_PATH:-$(recorded LLMLINGUA_PATH)}"
+LLMLINGUA_PATH="${LLMLINGUA_PATH:-models/llmlingua-2-xlm-roberta-large-meetingbank}"
+REFERENCE_MODEL="${REFERENCE_MODEL:-$(recorded EMBEDDED_MODEL_PATH)}"   # CTS's causal reference model
+REFERENCE_MODEL="${REFERENCE_MODEL:-models/SmolLM2-135M-Instruct}"
+INPUT_DIR="${OUTPUT_DIR%/}/${MODEL_SIZE}"
+
+case "$METHOD" in
+    llmlingua2|ner)
+        script=$([ "$METHOD" = ner ] && echo llmlingua_ner.py || echo LLMLingua.py)
+        "$PYTHON" "$script" --input-dir "$INPUT_DIR" --model-type "$MODEL_TYPE" --benchmark "$BENCHMARK" \
+            --llmlingua-path "$LLMLINGUA_PATH" --ratios $RATIOS --max-cot-tokens "$MAX_COT_TOKENS" ;;
+    cts)
+        "$PYTHON" CTS_data_get.py --input_data "$INPUT_DIR/Original/train/samples/predictions.jsonl" \
+            --reference_model "$REFERENCE_MODEL" --model-type "$MODEL_TYPE" --ratios $RATIOS \
+            --max-cot-tokens "$MAX_COT_TOKENS" ;;
+    *) echo "error: METHOD must be llmlingua2, ner or cts, not '$METHOD'" >&2; exit 2 ;;
+esac
