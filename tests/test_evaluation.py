@@ -173,3 +173,34 @@ def test_bad_input_gives_one_line_error(case, tiny_lm_dir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert __import__("re").search(message, lines[0]), lines[0]
     assert not out_dir.exists() or not any(p.name == "predictions.jsonl" for p in out_dir.rglob("*"))
+
+
+def test_truncation_baseline_caps_output_at_ratio_of_original_cot_length(tiny_lm_dir, tmp_path):
+    original = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3"))
+    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3", "--baseline", "truncation",
+                                     "--compression_ratio", "0.5"))
+    budget = max(1, round(0.5 * original["avg_cot_length"]))
+    assert metrics["method"] == "truncation" and metrics["decoding"]["max_new_tokens"] == budget
+    records = read_lines(tmp_path / "tiny" / "Truncation" / "0.5" / "samples" / "predictions.jsonl")
+    assert all(r["output_tokens"] <= budget for r in records)
+    assert all("<|eot_id|>" not in r["prompt"] for r in records)  # the base model gets no ratio tag
+
+
+def test_prompt_baseline_asks_for_fewer_words(tiny_lm_dir, tmp_path):
+    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2", "--baseline", "prompt",
+                                     "--compression_ratio", "0.7", "--label", "ask"))
+    records = read_lines(tmp_path / "tiny" / "PromptReduction" / "0.7" / "samples" / "predictions.jsonl")
+    question = records[0]["messages"][0]["content"]
+    assert f"{question}\nPlease reduce 30% of the words in your reasoning.<|im_end|>" in records[0]["prompt"]
+    assert metrics["method"] == "prompt" and metrics["label"] == "ask"
+
+
+def test_truncation_without_an_original_run_is_refused(tiny_lm_dir, tmp_path):
+    with pytest.raises(UsageError, match="needs the base model's run first"):
+        evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--baseline", "truncation", "--compression_ratio", "0.5"))
+
+
+def test_baseline_with_adapter_is_refused(tiny_lm_dir, tmp_path):
+    with pytest.raises(UsageError, match="drop --use_adapter"):
+        evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--baseline", "prompt", "--compression_ratio", "0.5",
+                               "--use_adapter", "--adapter-path", str(tmp_path)))

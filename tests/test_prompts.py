@@ -46,3 +46,12 @@ def test_cot_stops_at_final_answer_marker():
     output = "Step 1: 2+2=4.\n\nThe final answer is: $\\boxed{4}$"
     assert cot_of(output) == "Step 1: 2+2=4."
     assert cot_of("no marker here") == "no marker here"
+
+
+def test_prompt_based_reduction_request():
+    from tokenskip.prompts import reduction_request
+
+    assert reduction_request(0.5) == "Please reduce 50% of the words in your reasoning."
+    assert reduction_request(0.9) == "Please reduce 10% of the words in your reasoning."
+    assert build_prompt(QUESTION, model_type="qwen", request=reduction_request(0.6)) == (
+        QWEN_HEAD + QUESTION + "\nPlease reduce 40% of the words in your reasoning.<|im_end|>\n<|im_start|>assistant\n")

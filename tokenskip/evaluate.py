@@ -35,6 +35,7 @@ EXAMPLES = """examples:
   # grade an existing run again
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
+BASELINES = ("truncation", "prompt")
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 RUN_SETTINGS = "run.json"
@@ -73,6 +74,10 @@ def build_parser() -> StageParser:
     add("--device", default="auto", help="transformers backend device: auto, cpu, cuda, cuda:1...")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: float32 on CPU, bf16 (or fp16) on GPU")
+    add("--baseline", choices=BASELINES, default=None,
+        help="the paper's baselines at --compression_ratio γ, on the base model: truncation caps the output at "
+             "γ x the original run's mean CoT length; prompt asks for (1-γ) fewer words")
+    add("--label", default=None, help="this run's name in reports (default: its method)")
     add("--grader", choices=sorted(GRADERS), default="tokenskip", help="primary grader; the other is reported too")
     add("--grading-timeout", type=float, default=5.0, help="seconds allowed for one answer-equivalence check")
     add("--regrade", metavar="PATH", default=None,
@@ -89,6 +94,7 @@ class RunSettings:
     adapter_path: str | None
     model_type: str
     compression_ratio: float
+    baseline: str | None
     benchmark: str
     data_type: str
     data_source: str
@@ -103,6 +109,9 @@ def run_dir(args) -> Path:
     """The original layout; train-split adapter runs and γ-tagged base runs get their own folder."""
     root = Path(args.output_dir) / args.model_size
     ratio = prompts.ratio_tag(args.compression_ratio)
+    if args.baseline:
+        folder = root / {"truncation": "Truncation", "prompt": "PromptReduction"}[args.baseline] / ratio
+        return folder / "train" if args.data_type == "train" else folder
     if args.use_adapter:
         folder = root / "TokenSkip" / ratio
         return folder / "train" if args.data_type == "train" else folder
@@ -121,9 +130,23 @@ def validate(args) -> None:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     if args.use_vllm:
         args.backend = "vllm"
+    if args.baseline and (args.use_adapter or args.compression_ratio >= 1.0):
+        raise UsageError(f"--baseline {args.baseline} runs the base model at a ratio below 1: "
+                         "drop --use_adapter and pass --compression_ratio < 1")
+
+
+def original_run_metrics(args) -> dict:
+    """The base model's run on the same split, whose mean CoT length the truncation budget scales."""
+    path = Path(args.output_dir) / args.model_size / "Original" / args.data_type / "samples" / METRICS
+    if not path.exists():
+        raise UsageError(f"--baseline truncation needs the base model's run first ({path} is missing): "
+                         "run evaluation.py with the same --output-dir and --model-size, without --baseline")
+    return read_json(path)
 
 
 def effective_max_new_tokens(args) -> int:
+    if args.baseline == "truncation":
+        return max(1, round(args.compression_ratio * original_run_metrics(args)["avg_cot_length"]))
     # The original scaled MATH's budget by γ for adapter runs; kept, but as an integer.
     if args.benchmark == "math" and args.use_adapter:
         return max(1, int(round(args.max_new_tokens * args.compression_ratio)))
@@ -147,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = RunSettings(
         model_path=model_path, tokenizer_path=tokenizer_path,
         adapter_path=args.adapter_path if args.use_adapter else None, model_type=args.model_type,
-        compression_ratio=args.compression_ratio, benchmark=args.benchmark, data_type=args.data_type,
+        compression_ratio=args.compression_ratio, baseline=args.baseline, benchmark=args.benchmark,
+        data_type=args.data_type,
         data_source=args.data_path or str(data.default_path(args.benchmark, args.data_type)),
         max_num_examples=args.max_num_examples, max_new_tokens=effective_max_new_tokens(args),
         temperature=args.temperature, top_p=1.0, seed=args.seed,
@@ -156,10 +180,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     claim_run_folder(samples_dir, settings)
 
     tokenizer = load_tokenizer(tokenizer_path)
+    # baselines run the base model, which knows no ratio tag
+    tagged_ratio = 1.0 if args.baseline else args.compression_ratio
+    request = prompts.reduction_request(args.compression_ratio) if args.baseline == "prompt" else ""
     prompt_of = {
         example.id: prompts.build_prompt(
-            example.question, model_type=args.model_type, ratio=args.compression_ratio,
-            bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "",
+            example.question, model_type=args.model_type, ratio=tagged_ratio,
+            bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
         )
         for example in examples
     }
@@ -296,8 +323,18 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
     return record
 
 
+def run_method(settings: RunSettings) -> str:
+    if settings.baseline:
+        return settings.baseline
+    if settings.adapter_path:
+        return "tokenskip"
+    return "original" if settings.compression_ratio == 1.0 else "ratio-tag"
+
+
 def run_description(settings: RunSettings, args, backend_name: str) -> dict:
     return {
+        "method": run_method(settings),
+        "label": args.label,
         "compression_ratio": settings.compression_ratio,
         "use_adapter": settings.adapter_path is not None,
         "model_path": settings.model_path,

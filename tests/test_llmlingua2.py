@@ -1,0 +1,299 @@
+"""The batched LLMLingua-2 scorer must return exactly what llmlingua's compress_prompt returns.
+
+The reference is llmlingua itself, run on tiny random-weight classifiers built offline (an
+XLM-RoBERTa one with a SentencePiece-style tokenizer and a BERT one with WordPiece, the two
+families llmlingua supports). llmlingua picks its code path from the folder name, hence the
+folder names below; the scorer must not care about them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    BertConfig,
+    BertForTokenClassification,
+    BertTokenizer,
+    XLMRobertaConfig,
+    XLMRobertaForTokenClassification,
+    XLMRobertaTokenizer,
+)
+
+from tokenskip.errors import UsageError
+from tokenskip.scorers import CoT, scorer_class
+from tokenskip.scorers.llmlingua2 import (
+    CL100K_SHA256,
+    CL100K_URL,
+    LLAMA3_OPTIONS,
+    OPTIONS_BY_MODEL_TYPE,
+    LLMLingua2Scorer,
+    use_offline_tiktoken,
+)
+
+GSM8K_TRAIN = Path("/work/shared/data/gsm8k/train.jsonl")
+RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+FOLDER_NAMES = {
+    "xlm-roberta": "tiny-llmlingua-2-xlm-roberta-large-meetingbank",
+    "bert": "tiny-llmlingua-2-bert-base-multilingual-cased-meetingbank",
+}
+# a wide initialisation makes every output depend visibly on context, so that a wrong framing
+# token (say <s> where llmlingua feeds [CLS]) changes many compressions instead of none
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "initializer_range": 0.2,
+}
+
+HANDWRITTEN = [
+    (
+        "Step 1: Natalia sold 48/2 = 24 clips in May.\nStep 2: Natalia sold 48+24 = 72 clips altogether.\n"
+        "The final answer is: $\\boxed{72}$"
+    ),
+    (
+        "We have $\\frac{1}{2} \\cdot 36 = 18$ apples, and $\\sqrt{16} = 4$ pears.\n\n"
+        "So the total is $18 + 4 = 22$.\nThe final answer is: $\\boxed{22}$"
+    ),
+    "Step 1: : : Step Step: 1:2:3 Steps and Stepping: done.\nStep 2:: x = 3.5, y = -2; z = x*y = -7.0",
+    "Tabs\tand  double  spaces\n\n\nand blank lines   end.",
+    "Call f() then g() and h(): max() + min() = sum() of {}; (x)(y) is xy.",
+    "Café costs 5€ — naïve 中文 (ünïcödé) words: résumé.",
+    "A literal <pad> token, a <s> tag and [brackets] {braces} (parens) #hash ##double 100%!",
+    "18",
+    "",
+    "  \n ",
+]
+
+
+def gsm8k_cot(answer: str) -> str:
+    """A GSM8K reference solution in TokenSkip's CoT form: no <<calc>> notes, boxed final answer."""
+    body, _, final = answer.partition("####")
+    return re.sub(r"<<.*?>>", "", body).strip() + "\nThe final answer is: $\\boxed{" + final.strip() + "}$"
+
+
+def gsm8k_cots(n: int) -> list[str]:
+    if not GSM8K_TRAIN.is_file():
+        return []
+    with GSM8K_TRAIN.open(encoding="utf-8") as handle:
+        return [gsm8k_cot(json.loads(line)["answer"]) for line, _ in zip(handle, range(n))]
+
+
+def synthetic_cots(n: int, seed: int = 0) -> list[str]:
+    """GSM8K-like reasoning with numbers, LaTeX and step markers, for runs without the dataset."""
+    rng = random.Random(seed)
+    nouns = ["apples", "pages", "dollars", "minutes", "cookies", "marbles", "miles", "tickets"]
+    names = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Mark", "Tina"]
+    verbs = ["sold", "bought", "read", "earned", "baked", "collected", "walked", "gave away"]
+    texts = []
+    for _ in range(n):
+        lines = []
+        for step in range(1, rng.randint(2, 7)):
+            a, b = rng.randint(2, 500), rng.randint(2, 60)
+            form = rng.choice(
+                [
+                    f"{rng.choice(names)} {rng.choice(verbs)} {a} * {b} = {a * b} {rng.choice(nouns)}.",
+                    f"So $\\frac{{{a}}}{{{b}}} = {a / b:.2f}$ {rng.choice(nouns)} per day.",
+                    f"That means {a} - {b} = {a - b} {rng.choice(nouns)} are left, so half is {(a - b) / 2}.",
+                    f"In total, {rng.choice(names)} has ${a} + ${b} = ${a + b}.",
+                ]
+            )
+            lines.append(f"Step {step}: {form}" if rng.random() < 0.5 else form)
+        lines.append(f"The final answer is: $\\boxed{{{rng.randint(1, 999)}}}$")
+        texts.append("\n".join(lines))
+    return texts
+
+
+def sample_corpus() -> list[str]:
+    """Short and long CoTs; the long ones need several 512-token windows, one has no sentence end."""
+    short = gsm8k_cots(20) + synthetic_cots(20) + HANDWRITTEN
+    long = [" ".join(short[:25]), "\n\n".join(synthetic_cots(30, seed=1)), " and ".join(["x + 1"] * 400)]
+    return short + long
+
+
+def train_tokenizer(family: str, texts: list[str], vocab_size: int):
+    """A small tokenizer of `family` trained on `texts`, with the pipeline transformers uses for it."""
+    if family == "xlm-roberta":
+        spm = Tokenizer(models.Unigram())
+        spm.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+            ]
+        )
+        spm.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[]))
+        pieces = [tuple(piece) for piece in json.loads(spm.to_str())["model"]["vocab"]]
+        specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # XLM-R's first ids
+        return XLMRobertaTokenizer(vocab=specials + pieces + [("<mask>", 0.0)])
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=False)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    return BertTokenizer(vocab=wordpiece.get_vocab(), do_lower_case=False)
+
+
+def build_classifier(
+    folder: Path, family: str, texts: list[str], *, vocab_size: int, seed: int = 0, **sizes
+) -> Path:
+    """Save a random-weight token classifier and its tokenizer to `folder`.
+
+    The classifier's weights are widened so keep probabilities spread over (0, 1) instead of
+    hugging 0.5; otherwise nearly every ratio would cut through a crowd of near-ties.
+    """
+    tokenizer = train_tokenizer(family, texts, vocab_size)
+    common = dict(vocab_size=len(tokenizer), num_labels=2, max_position_embeddings=514, **sizes)
+    torch.manual_seed(seed)
+    if family == "xlm-roberta":
+        config = XLMRobertaConfig(pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
+        model = XLMRobertaForTokenClassification(config)
+    else:
+        model = BertForTokenClassification(BertConfig(pad_token_id=0, **common))
+    torch.nn.init.normal_(model.classifier.weight, std=1.5 / sizes["hidden_size"] ** 0.5)
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+def tokenizer_training_texts() -> list[str]:
+    # the non-ASCII letters of HANDWRITTEN stay out, so they reach the classifier as unknown tokens;
+    # the repeated "f()" text makes "()" a piece, which llmlingua's substring test counts as punctuation
+    return gsm8k_cots(2000) + synthetic_cots(300, seed=2) + HANDWRITTEN[:4] + HANDWRITTEN[4:5] * 50
+
+
+@pytest.fixture(scope="module", params=sorted(FOLDER_NAMES))
+def tiny_model(request, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp(request.param) / FOLDER_NAMES[request.param]
+    return build_classifier(folder, request.param, tokenizer_training_texts(), vocab_size=1000, **TINY)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return sample_corpus()
+
+
+@pytest.fixture(scope="module")
+def llmlingua_outputs(tiny_model, corpus) -> dict[tuple[str, float], list[dict]]:
+    """llmlingua's own results, the way TokenSkip's script calls it: one CoT and one rate per call."""
+    use_offline_tiktoken()
+    from llmlingua import PromptCompressor
+
+    compressor = PromptCompressor(model_name=str(tiny_model), use_llmlingua2=True, device_map="cpu")
+    llama3_kwargs = {"force_tokens": ["Step", ":"], "force_reserve_digit": True, "drop_consecutive": True}
+    return {
+        (name, rate): [compressor.compress_prompt(text, rate=rate, **kwargs) for text in corpus]
+        for name, kwargs in (("qwen", {}), ("llama3", llama3_kwargs))
+        for rate in RATES
+    }
+
+
+@pytest.mark.parametrize("model_type", sorted(OPTIONS_BY_MODEL_TYPE))
+def test_matches_llmlingua_word_for_word(tiny_model, corpus, llmlingua_outputs, model_type):
+    options = OPTIONS_BY_MODEL_TYPE[model_type]
+    scorer = LLMLingua2Scorer(tiny_model, options=options, fixed_padding=True, max_batch_tokens=8 * 512)
+    scored = scorer.score(corpus)
+    assert sum(len(s.chunks) for s in scored) > len(corpus), "the corpus must exercise chunking"
+    for rate in RATES:
+        for text, result, expected in zip(corpus, scored, llmlingua_outputs[model_type, rate]):
+            compressed = scorer.compress_scored(result, rate)
+            assert compressed.split(" ") == expected["compressed_prompt"].split(" "), (rate, text)
+            assert compressed == expected["compressed_prompt"]
+            assert scorer.llmlingua_token_count(text) == expected["origin_tokens"]
+            assert scorer.llmlingua_token_count(compressed) == expected["compressed_tokens"]
+
+
+def test_the_comparison_is_not_trivial(corpus, llmlingua_outputs):
+    """Every ratio must drop words, differently per ratio, or matching llmlingua proves little."""
+    for name in OPTIONS_BY_MODEL_TYPE:
+        outputs = [llmlingua_outputs[name, rate] for rate in RATES]
+        lengths = [sum(len(r["compressed_prompt"]) for r in results) for results in outputs]
+        assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) == len(RATES)
+        assert lengths[0] < sum(map(len, corpus))
+
+
+def test_dynamic_padding_agrees_with_fixed_padding(tiny_model, corpus):
+    """Padding batches only to their longest chunk changes probabilities by float rounding only.
+
+    That may flip a word where two probabilities tie within ~1e-7 at a cut-off, so the texts are
+    required to agree almost always rather than always (on this corpus they agree everywhere).
+    """
+    fixed = LLMLingua2Scorer(tiny_model, options=LLAMA3_OPTIONS, fixed_padding=True).score(corpus)
+    scorer = LLMLingua2Scorer(tiny_model, options=LLAMA3_OPTIONS, max_batch_tokens=1024)
+    dynamic = scorer.score(corpus)
+    agree = 0
+    for a, b in zip(fixed, dynamic):
+        assert [c.words for c in a.chunks] == [c.words for c in b.chunks]
+        for ca, cb in zip(a.chunks, b.chunks):
+            assert ca.probs == pytest.approx(cb.probs, abs=1e-5)
+        agree += sum(scorer.compress_scored(a, rate) == scorer.compress_scored(b, rate) for rate in RATES)
+    assert agree >= 0.99 * len(corpus) * len(RATES)
+
+
+def test_does_not_depend_on_folder_name(tiny_model, corpus, tmp_path):
+    renamed = shutil.copytree(tiny_model, tmp_path / "some-classifier")
+    texts = corpus[:20]
+    original = LLMLingua2Scorer(tiny_model, options=LLAMA3_OPTIONS).compress_texts(texts, RATES)
+    assert LLMLingua2Scorer(renamed, options=LLAMA3_OPTIONS).compress_texts(texts, RATES) == original
+
+
+def test_rejects_folders_that_hold_no_token_classifier(tiny_model, tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        LLMLingua2Scorer(tmp_path / "missing")
+    with pytest.raises(UsageError, match="cannot load the model config"):
+        LLMLingua2Scorer(tmp_path)
+    for key, value, message in [
+        (
+            "architectures",
+            ["XLMRobertaForMaskedLM"],
+            "holds XLMRobertaForMaskedLM, not a token-classification",
+        ),
+        ("architectures", None, "no recorded architecture"),
+        ("num_labels", 3, "3 labels"),
+    ]:
+        folder = shutil.copytree(tiny_model, tmp_path / f"{key}-{value}")
+        config = json.loads((folder / "config.json").read_text())
+        if key == "num_labels":
+            config["id2label"] = {str(i): f"L{i}" for i in range(value)}
+        else:
+            config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(UsageError, match=message):
+            LLMLingua2Scorer(folder)
+
+
+def test_rejects_rates_outside_zero_one(tiny_model):
+    scorer = LLMLingua2Scorer(tiny_model)
+    [scored] = scorer.score(["Step 1: 2 + 2 = 4."])
+    for rate in (0.0, 1.0, 1.5):
+        with pytest.raises(UsageError, match="between 0 and 1"):
+            scorer.compress_scored(scored, rate)
+
+
+def test_is_the_registered_llmlingua2_method(tiny_model, corpus):
+    assert scorer_class("llmlingua2") is LLMLingua2Scorer
+    scorer = LLMLingua2Scorer(tiny_model)
+    cots = [CoT(text) for text in corpus[:10]]
+    compressed = scorer.compress(cots, [0.9, 0.5])
+    assert compressed == scorer.compress_texts(corpus[:10], [0.9, 0.5])
+    report = scorer.ratio_report(cots, compressed)
+    assert set(report) == {0.9, 0.5}
+    assert 0 < report[0.5]["mean_cl100k_ratio"] < report[0.9]["mean_cl100k_ratio"] < 1
+
+
+def test_offline_tiktoken_fills_a_fresh_cache(tmp_path, monkeypatch):
+    import tiktoken.load
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    cached = use_offline_tiktoken()
+    assert cached.parent == tmp_path and cached.is_file()
+    ranks = tiktoken.load.load_tiktoken_bpe(CL100K_URL, expected_hash=CL100K_SHA256)  # no network needed
+    assert len(ranks) == 100256

@@ -1,0 +1,217 @@
+"""Results of any run: every test-split `metrics.json` under a folder, as tables and a plot.
+
+Rows are grouped by the folder that holds a model's method folders (`{model}/{benchmark}/{size}/`
+in the original layout) and compared with that group's original run: accuracy change, actual
+compression ratio (mean CoT tokens / the original's) next to the target γ, and speed-up.
+Metrics written by older scripts, which carry only `accuracy`, `avg_cot_length` and
+`sample_latency`, are placed by their path (`Original/`, `TokenSkip/<γ>/`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tokenskip.cli import StageParser
+from tokenskip.errors import UsageError
+from tokenskip.jsonio import atomic_writer, read_json
+
+METHOD_FOLDERS = {"Original": "original", "TokenSkip": "tokenskip", "Truncation": "truncation",
+                  "PromptReduction": "prompt"}
+METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "Truncation",
+                "prompt": "Prompt-based", "ratio-tag": "Base model + γ tag"}
+POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
+
+
+@dataclass
+class Row:
+    method: str
+    ratio: float
+    accuracy: float  # percent
+    accuracy_change: float | None
+    cot_tokens: float
+    actual_ratio: float | None
+    latency: float | None
+    speedup: float | None
+    n_samples: int
+    path: str
+
+
+@dataclass
+class Table:
+    title: str
+    benchmark: str
+    rows: list[Row]
+    original: str | None  # the label of the row the others are compared with
+
+
+@dataclass
+class Run:
+    group: Path
+    method: str
+    label: str
+    ratio: float
+    metrics: dict
+    path: Path
+
+
+def describe(metrics_path: Path) -> Run | None:
+    """Where a run belongs (its group folder), its method and γ from its metrics and its place in the layout; None for
+    training-split runs, which collect CoTs rather than measure."""
+    metrics = read_json(metrics_path)
+    parts = metrics_path.parts
+    folder_index = max((i for i, part in enumerate(parts) if part in METHOD_FOLDERS), default=None)
+    if metrics.get("data_type") == "train" or (folder_index is not None and "train" in parts[folder_index:]):
+        return None
+    method = metrics.get("method") or (METHOD_FOLDERS[parts[folder_index]] if folder_index is not None else None)
+    if method is None:
+        return None
+    if "compression_ratio" in metrics:
+        ratio = float(metrics["compression_ratio"])
+    elif method == "original":
+        ratio = 1.0
+    else:
+        ratio = float(parts[folder_index + 1])
+    group = Path(*parts[:folder_index]) if folder_index is not None else metrics_path.parent.parent
+    label = metrics.get("label") or METHOD_NAMES.get(method, method)
+    return Run(group, method, label, ratio, metrics, metrics_path)
+
+
+def collect(root: Path) -> list[Table]:
+    files = sorted(root.rglob("metrics.json"))
+    if not files:
+        raise UsageError(f"no metrics.json under {root}: run evaluation.py first (or point at its --output-dir)")
+    groups: dict[Path, list[Run]] = {}
+    for path in files:
+        run = describe(path)
+        if run:
+            groups.setdefault(run.group, []).append(run)
+    if not groups:
+        raise UsageError(f"the runs under {root} are all on the training split; evaluate on --data-type test")
+    return [make_table(group, runs, root) for group, runs in sorted(groups.items())]
+
+
+def make_table(group: Path, runs: list[Run], root: Path) -> Table:
+    original = next((run.metrics for run in runs if run.method == "original"), None)
+    original_label = next((run.label for run in runs if run.method == "original"), None)
+    rows = []
+    for run in runs:
+        metrics, path = run.metrics, run.path
+        accuracy = 100 * metrics["accuracy"]
+        latency = metrics.get("sample_latency")
+        rows.append(Row(
+            method=run.label, ratio=run.ratio, accuracy=accuracy,
+            accuracy_change=accuracy - 100 * original["accuracy"] if original else None,
+            cot_tokens=metrics["avg_cot_length"],
+            actual_ratio=metrics["avg_cot_length"] / original["avg_cot_length"]
+            if original and original["avg_cot_length"] else None,
+            latency=latency,
+            speedup=original["sample_latency"] / latency if original and original.get("sample_latency") and latency
+            else None,
+            n_samples=metrics.get("n_samples", 0),
+            path=str(path.parent.relative_to(root)),
+        ))
+    rows.sort(key=lambda row: (row.ratio != 1.0 or row.method != original_label, row.method, -row.ratio))
+    benchmark = next((run.metrics["benchmark"] for run in runs if run.metrics.get("benchmark")), None) \
+        or _benchmark_of(group)
+    title = " / ".join(group.relative_to(root).parts) if group != root else group.name
+    title = title or str(root)
+    if benchmark not in title.split(" / "):
+        title += f" ({benchmark})"
+    return Table(title=title, benchmark=benchmark, rows=rows, original=original_label)
+
+
+def _benchmark_of(group: Path) -> str:
+    return next((part for part in reversed(group.parts) if part in ("gsm8k", "math", "math-500")), "unknown")
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else pattern.format(value)
+
+
+def markdown(tables: Sequence[Table], plot_name: str | None) -> str:
+    lines = ["# Results", ""]
+    for table in tables:
+        lines += [f"## {table.title}", "",
+                  "| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) | speed-up | n |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in table.rows:
+            lines.append(
+                f"| {row.method} | {row.ratio:g} | {row.accuracy:.1f}% | {_fmt(row.accuracy_change, '{:+.1f}')} | "
+                f"{row.cot_tokens:.1f} | {_fmt(row.actual_ratio, '{:.2f}')} | {_fmt(row.latency, '{:.3f}')} | "
+                f"{_fmt(row.speedup, '{:.2f}x')} | {row.n_samples} |")
+        lines.append("")
+    lines += ["Accuracy is the primary grader's. Actual ratio = mean CoT tokens / the original run's; "
+              "speed-up = the original's latency per sample / this run's.", ""]
+    if plot_name:
+        lines += [f"![accuracy vs CoT tokens]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(tables: Sequence[Table], path: Path) -> int:
+    """The paper's accuracy-vs-CoT-tokens figure, one panel per table; returns the number of points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), squeeze=False)
+    points = 0
+    for axis, table in zip(axes[0], tables):
+        by_method: dict[str, list[Row]] = {}
+        for row in table.rows:
+            by_method.setdefault(row.method, []).append(row)
+        for method, rows in by_method.items():
+            rows = sorted(rows, key=lambda row: -row.ratio)
+            xs, ys = [row.cot_tokens for row in rows], [row.accuracy for row in rows]
+            if method == table.original:
+                axis.scatter(xs, ys, marker="*", s=260, color="black", zorder=3, label=method)
+            else:
+                axis.plot(xs, ys, marker="o", label=method)
+                for row in rows:
+                    axis.annotate(f"{row.ratio:g}", (row.cot_tokens, row.accuracy), textcoords="offset points",
+                                  xytext=(4, 4), fontsize=8)
+            points += len(rows)
+        axis.set_title(table.title, fontsize=10)
+        axis.set_xlabel("mean CoT tokens")
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, metadata={POINTS_KEY: str(points)})
+    plt.close(figure)
+    return points
+
+
+def build_parser() -> StageParser:
+    parser = StageParser(prog="report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", help="an outputs folder, e.g. outputs/demo or outputs/Qwen2.5-7B-Instruct")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown",
+                        help="markdown: results.md and results.png; json: print the tables (and write results.json)")
+    parser.add_argument("--out-dir", default=None, help="where to write the results (default: the root folder)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Table]:
+    args = build_parser().parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder")
+    tables = collect(root)
+    out_dir = Path(args.out_dir or root)
+    if args.format == "json":
+        text = json.dumps([asdict(table) for table in tables], indent=2)
+        with atomic_writer(out_dir / "results.json") as handle:
+            handle.write(text + "\n")
+        print(text)
+        return tables
+    points = plot(tables, out_dir / "results.png")
+    with atomic_writer(out_dir / "results.md") as handle:
+        handle.write(markdown(tables, "results.png"))
+    print(markdown(tables, None))
+    print(f"wrote {out_dir / 'results.md'} and {out_dir / 'results.png'} ({points} points)")
+    return tables
