@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from tests.test_llmlingua2 import build_classifier, gsm8k_cot
+from tests.classifiers import build_classifier, gsm8k_cot
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import read_jsonl
 from tokenskip.scorers.llmlingua2 import (

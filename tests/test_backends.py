@@ -116,8 +116,8 @@ def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
     assert params["temperature"] == 0.0 and params["repetition_penalty"] == 1.0
     assert lora == ("lora", "tokenskip", 1, str(adapter))
     tokenizer = load_tokenizer(str(tiny_lm_dir))
-    records = [json.loads(line) for line in
-               (tmp_path / "out" / "t" / "TokenSkip" / "0.7" / "samples" / "predictions.jsonl").read_text().splitlines()]
+    predictions = tmp_path / "out" / "t" / "TokenSkip" / "0.7" / "samples" / "predictions.jsonl"
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
     for record in records:  # each answer went back to its own question, prompt tokenized once, no extra BOS
         prompt_ids = tokenizer(record["prompt"], add_special_tokens=False).input_ids
         assert record["model_output"].startswith(f"len={len(prompt_ids)} ")

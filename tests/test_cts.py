@@ -207,7 +207,7 @@ def test_stage_writes_every_ratio_file_and_reruns_identically(tiny_lm_dir, tmp_p
 
     rerun = tmp_path / "rerun"
     result = subprocess.run([sys.executable, "CTS_data_get.py", *stage_args(predictions, tiny_lm_dir),
-                             "--output_data", str(rerun)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+                             "--output_data", str(rerun)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "train_outputs_compressed_ratio_" in result.stdout
     assert {ratio: compress.ratio_file(rerun, ratio).read_bytes() for ratio in RATIOS} == first
@@ -220,7 +220,8 @@ def test_single_compression_ratio_and_output_folder(tiny_lm_dir, tmp_path):
     assert sorted(p.name for p in out.glob("train_outputs_*")) == ["train_outputs_compressed_ratio_0.5.jsonl"]
     # the formatted file written next to the predictions is an input too, with the same result
     formatted = predictions.with_name("predictions_formatted.jsonl")
-    cts_stage.main(stage_args(formatted, tiny_lm_dir, "--compression_ratio", "0.5", "--output_data", str(out / "again")))
+    cts_stage.main(stage_args(formatted, tiny_lm_dir, "--compression_ratio", "0.5",
+                              "--output_data", str(out / "again")))
     assert compress.ratio_file(out / "again", 0.5).read_bytes() == compress.ratio_file(out, 0.5).read_bytes()
     assert cts_stage.chosen_ratios(0.3, [0.9, 0.5]) == [0.9, 0.5, 0.3]
     assert cts_stage.chosen_ratios(None, None) == list(RATIOS)

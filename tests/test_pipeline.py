@@ -11,10 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from tokenskip.report import POINTS_KEY
-
-from conftest import ROOT
 
 TRAIN_QUESTIONS = 16
 TEST_QUESTIONS = 3

@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from tokenskip import report
 from tokenskip.errors import UsageError
-
-from conftest import ROOT
 
 
 def put(root: Path, relative: str, **metrics) -> None:

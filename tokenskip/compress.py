@@ -25,8 +25,8 @@ STAGE1 = "evaluation.py --data-type train"
 _FINAL_BOXED_SENTENCE = re.compile(r"(?:^|(?<=[.!?:])\s+|\n)[^\n]*?\\boxed\{[^\n]*$", re.DOTALL)
 
 
-def ratio_file(folder: Path, ratio: float) -> Path:
-    return folder / f"train_outputs_compressed_ratio_{ratio}.jsonl"
+def ratio_file(folder: Path, ratio: float, stem: str = Scorer.file_stem) -> Path:
+    return folder / f"{stem}_{ratio}.jsonl"
 
 
 def parse_ratios(ratios: Sequence[float]) -> list[float]:
@@ -40,6 +40,31 @@ def stage1_model_path(predictions: Path) -> str | None:
     """The model that wrote the predictions, as stage 1 recorded it in metrics.json."""
     metrics = predictions.parent / "metrics.json"
     return read_json(metrics).get("model_path") if metrics.exists() else None
+
+
+def target_tokenizer_path(predictions: Path, tokenizer_path: str | None) -> str:
+    """The target model's tokenizer, which counts CoT tokens: the flag, else stage 1's model."""
+    from tokenskip.modeling import resolve_model_path
+
+    if tokenizer_path:
+        return resolve_model_path(tokenizer_path, "--tokenizer-path")
+    recorded = stage1_model_path(predictions)
+    if not recorded:
+        raise UsageError(f"cannot tell which model wrote {predictions} (no model_path in a metrics.json next to it); "
+                         "pass --tokenizer-path with the target model's folder")
+    try:
+        return resolve_model_path(recorded)
+    except UsageError:
+        raise UsageError(f"the stage-1 model {recorded} (from {predictions.parent / 'metrics.json'}) is not here; "
+                         "pass --tokenizer-path with the target model's folder") from None
+
+
+def token_counter(tokenizer_path: str):
+    """Counts tokens as the target model sees them (no special tokens)."""
+    from tokenskip.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def extract_cot(model_output: str, model_type: str) -> tuple[str | None, str]:
@@ -131,7 +156,7 @@ def compress_to_files(prepared: PreparedCoTs, scorer: Scorer, ratios: Sequence[f
     for ratio in ratios:
         lines = [compressed_line(record, cot.text, texts[ratio], n, count_tokens(texts[ratio]))
                  for record, cot, texts, n in zip(records, cots, compressed, original_tokens)]
-        write_jsonl_atomic(ratio_file(out_folder, ratio), lines)
+        write_jsonl_atomic(ratio_file(out_folder, ratio, scorer.file_stem), lines)
         per_ratio[str(ratio)] = {
             "target": ratio,
             "mean_actual_ratio": sum(line["compression_rate"] for line in lines) / len(lines),
@@ -142,6 +167,7 @@ def compress_to_files(prepared: PreparedCoTs, scorer: Scorer, ratios: Sequence[f
         per_ratio[str(ratio)].update(extra)
     summary = {
         "method": scorer.name,
+        "file_stem": scorer.file_stem,
         "n_predictions": prepared.n_predictions,
         "n_correct": prepared.n_correct,
         "n_compressed": len(records),
@@ -163,4 +189,4 @@ def print_summary(summary: dict, out_folder: Path) -> None:
         tokens = f"{row['mean_original_tokens']:.0f} -> {row['mean_compressed_tokens']:.0f}"
         print(f"{row['target']:>9} {row['mean_actual_ratio']:>13.3f} {tokens:>15}"
               + "".join(f" {row[key]:>22.3f}" for key in extra_keys))
-    print(f"wrote {out_folder}/train_outputs_compressed_ratio_{{γ}}.jsonl")
+    print(f"wrote {out_folder}/{summary['file_stem']}_{{γ}}.jsonl")

@@ -67,22 +67,6 @@ def default_output_folder(predictions: Path) -> Path:
     return predictions.parent / CTSScorer.output_folder
 
 
-def target_tokenizer_path(predictions: Path, tokenizer_path: str | None) -> str:
-    from tokenskip.modeling import resolve_model_path
-
-    if tokenizer_path:
-        return resolve_model_path(tokenizer_path, "--tokenizer-path")
-    recorded = compress.stage1_model_path(predictions)
-    if not recorded:
-        raise UsageError(f"cannot tell which model wrote {predictions} (no model_path in a metrics.json next to it); "
-                         "pass --tokenizer-path with the target model's folder")
-    try:
-        return resolve_model_path(recorded)
-    except UsageError:
-        raise UsageError(f"the stage-1 model {recorded} (from {predictions.parent / 'metrics.json'}) is not here; "
-                         "pass --tokenizer-path with the target model's folder") from None
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     ratios = chosen_ratios(args.compression_ratio, args.ratios)
@@ -92,16 +76,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not predictions.is_file():
         raise UsageError(f"stage-1 predictions file not found: {predictions} (it is written by {compress.STAGE1})")
     out_folder = Path(args.output_data) if args.output_data else default_output_folder(predictions)
-    tokenizer_path = target_tokenizer_path(predictions, args.tokenizer_path)
+    tokenizer_path = compress.target_tokenizer_path(predictions, args.tokenizer_path)
     reference_model = check_reference_model(args.reference_model)
-
-    from tokenskip.modeling import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_path)
-
-    def count_tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
-
+    count_tokens = compress.token_counter(tokenizer_path)
     prepared = compress.prepare(predictions, model_type=args.model_type, max_cot_tokens=args.max_cot_tokens,
                                 count_tokens=count_tokens)
     scorer = CTSScorer(reference_model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,

@@ -26,12 +26,14 @@ from tokenskip.metrics import summarize
 
 EXAMPLES = """examples:
   # stage 1: the model's own CoTs on the training split (vLLM on a GPU)
-  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --data-type train --output-dir outputs/Qwen2.5-7B-Instruct/gsm8k/
+  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --data-type train \\
+      --output-dir outputs/Qwen2.5-7B-Instruct/gsm8k/
   # stage 5: the TokenSkip adapter at gamma = 0.5 on the test split
-  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --use_adapter --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K \\
-      --compression_ratio 0.5 --data-type test
+  python evaluation.py --model-path models/Qwen2.5-7B-Instruct --use_adapter \\
+      --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K --compression_ratio 0.5 --data-type test
   # offline, on a CPU, with the embedded model (python download_models.py --embedded)
-  python evaluation.py --model-path models/SmolLM2-135M-Instruct --data-path datasets/sample/test.jsonl --max_new_tokens 128 --model-size 135m
+  python evaluation.py --model-path models/SmolLM2-135M-Instruct --data-path datasets/sample/test.jsonl \\
+      --max_new_tokens 128 --model-size 135m
   # grade an existing run again
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
@@ -351,7 +353,8 @@ def run_description(settings: RunSettings, args, backend_name: str) -> dict:
 
 def print_summary(metrics: dict, samples_dir: Path) -> None:
     print(f"accuracy {metrics['accuracy'] * 100:.2f}% ({metrics['grader']}), "
-          f"{metrics.get('second_grader', 'second grader')} {metrics.get('second_grader_accuracy', math.nan) * 100:.2f}% "
+          f"{metrics.get('second_grader', 'second grader')} "
+          f"{metrics.get('second_grader_accuracy', math.nan) * 100:.2f}% "
           f"({metrics.get('grader_disagreements', 0)} disagreements), "
           f"avg CoT {metrics['avg_cot_length']:.1f} tokens, invalid {metrics['n_invalid']}, "
           f"latency {metrics['sample_latency'] or 0:.3f} s/sample")

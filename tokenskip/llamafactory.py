@@ -53,12 +53,14 @@ def training_record(question: str, cot: str, answer, ratio: float, model_type: s
 def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple[list[dict], dict[float, dict]]:
     """The formatted originals and, per ratio, the compressed lines by id; mismatches are errors."""
     formatted_path = input_dir / "Original" / "train" / "samples" / "predictions_formatted.jsonl"
-    originals = read_jsonl(formatted_path, what="formatted CoTs", made_by=f"the compression stage ({stage_script(method)})")
-    folder = input_dir / scorer_class(method).output_folder
+    originals = read_jsonl(formatted_path, what="formatted CoTs",
+                           made_by=f"the compression stage ({stage_script(method)})")
+    scorer = scorer_class(method)
+    folder = input_dir / scorer.output_folder
     compressed: dict[float, dict] = {}
     original_ids = [record["id"] for record in originals]
     for ratio in ratios:
-        path = ratio_file(folder, ratio)
+        path = ratio_file(folder, ratio, scorer.file_stem)
         if not path.exists():
             raise UsageError(f"{path} is missing: run {stage_script(method)} with ratio {ratio} first")
         by_id = {line["id"]: line for line in read_jsonl(path, what="compressed CoTs")}

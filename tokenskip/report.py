@@ -136,7 +136,8 @@ def markdown(tables: Sequence[Table], plot_name: str | None) -> str:
     lines = ["# Results", ""]
     for table in tables:
         lines += [f"## {table.title}", "",
-                  "| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) | speed-up | n |",
+                  "| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) "
+                  "| speed-up | n |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in table.rows:
             lines.append(

@@ -30,6 +30,7 @@ class CoT:
 class Scorer(ABC):
     name: ClassVar[str]  # the --method name
     output_folder: ClassVar[str]  # where the stage writes its ratio files, next to Original/
+    file_stem: ClassVar[str] = "train_outputs_compressed_ratio"  # ratio files are {file_stem}_{γ}.jsonl
 
     @abstractmethod
     def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:

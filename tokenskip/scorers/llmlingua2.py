@@ -306,9 +306,13 @@ class LLMLingua2Scorer(Scorer):
         return words, [sum(p) / len(p) for p in token_probs]
 
     def _compress_chunk(self, chunk: ScoredChunk, reduce_rate: float) -> str:
-        """Keep the words above the ratio's percentile of the probabilities, counted per cl100k token."""
+        return self.tokenizer.convert_tokens_to_string([chunk.words[i] for i in self.kept_words(chunk, reduce_rate)])
+
+    def kept_words(self, chunk: ScoredChunk, reduce_rate: float) -> list[int]:
+        """Indices of the words llmlingua keeps: those above the ratio's percentile of the
+        probabilities, counted per cl100k token."""
         if not chunk.words:  # only special tokens: llmlingua would fail on an empty percentile
-            return ""
+            return []
         probs = list(chunk.probs)
         force_words = frozenset(self.options.force_tokens)
         drop_consecutive = self.options.drop_consecutive
@@ -319,14 +323,14 @@ class LLMLingua2Scorer(Scorer):
         # int() truncates the float: ratio 0.9 gives 1 - 0.9 = 0.0999..., hence the 10th percentile
         per_token = [p for word, p in zip(chunk.words, probs) for _ in range(self._cl100k_length(word))]
         threshold = np.percentile(per_token, int(100 * reduce_rate + 1))
-        kept: list[str] = []
-        for word, prob in zip(chunk.words, probs):
+        kept: list[int] = []
+        for index, (word, prob) in enumerate(zip(chunk.words, probs)):
             if not (prob > threshold or (threshold == 1.0 and prob == threshold)):
                 continue
-            if drop_consecutive and word in force_words and kept and kept[-1] == word:
+            if drop_consecutive and word in force_words and kept and chunk.words[kept[-1]] == word:
                 continue
-            kept.append(word)
-        return self.tokenizer.convert_tokens_to_string(kept)
+            kept.append(index)
+        return kept
 
     def _cl100k_length(self, word: str) -> int:
         length = self._cl100k_lengths.get(word)

@@ -1,0 +1,106 @@
+"""Stage 2 with LLMLingua-2 (`LLMLingua.py`) or NER-enhanced LLMLingua-2 (`llmlingua_ner.py`).
+
+Keeps the model's correct answers, extracts well-formed CoTs, and compresses each at every ratio
+from one LLMLingua-2 scoring pass, with TokenSkip's per-model options: llmlingua-2 defaults for
+qwen; for llama3 `force_tokens=['Step', ':']`, `force_reserve_digit`, `drop_consecutive`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenskip import compress, prompts
+from tokenskip.cli import StageParser
+from tokenskip.errors import UsageError
+from tokenskip.scorers import scorer_class
+
+DEFAULT_LLMLINGUA = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
+STAGES = {"llmlingua2": "LLMLingua.py", "ner": "llmlingua_ner.py"}
+
+
+def build_parser(method: str) -> StageParser:
+    prog = STAGES[method]
+    what = "NER-enhanced LLMLingua-2" if method == "ner" else "LLMLingua-2"
+    examples = (f"examples:\n  python {prog} --input-dir outputs/Qwen2.5-7B-Instruct/gsm8k/7b/ "
+                f"--llmlingua-path models/llmlingua-2-xlm-roberta-large-meetingbank\n"
+                f"  python {prog} --model-size 3b --model-type qwen --benchmark math --ratios 0.8 0.6\n")
+    parser = StageParser(prog=prog, description=f"Stage 2: compress the correct training CoTs with {what}.",
+                         epilog=examples)
+    add = parser.add_argument
+    add("--input-dir", default=None,
+        help="the model's outputs folder holding Original/train/samples/predictions.jsonl "
+             "(default: outputs/Qwen2.5-{SIZE}-Instruct/{benchmark}/{model-size}/)")
+    add("--model-size", default="7b", help="names the default input folder")
+    add("--model-type", choices=prompts.MODEL_TYPES, default="qwen",
+        help="TokenSkip's LLMLingua-2 options and CoT extraction for this target model")
+    add("--llmlingua-path", default=DEFAULT_LLMLINGUA,
+        help="LLMLingua-2 token classifier: a local folder, or a hub name (models/<name> is used when present)")
+    add("--benchmark", choices=("gsm8k", "math"), default="gsm8k")
+    add("--ratios", type=float, nargs="+", default=list(compress.DEFAULT_RATIOS), help="ratios γ in (0, 1)")
+    add("--max-cot-tokens", type=int, default=500, help="drop CoTs longer than this (target-model tokens)")
+    add("--tokenizer-path", default=None,
+        help="target model's tokenizer, for token counts; default: the model recorded in stage 1's metrics.json")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: float32 on CPU, bf16 (or fp16) on GPU; float32 matches llmlingua most closely")
+    add("--batch-size", type=int, default=None,
+        help="512-token chunks per forward pass (default: 4 on CPU, 64 on GPU)")
+    return parser
+
+
+def resolve_llmlingua(path: str) -> str:
+    """A local LLMLingua-2 folder: the path itself, models/<name>, or the hub's cached snapshot."""
+    if Path(path).is_dir():
+        return path
+    local = Path("models") / Path(path).name
+    if local.is_dir():
+        return str(local)
+    if path.count("/") != 1 or path.startswith((".", "/", "~")):
+        raise UsageError(f"--llmlingua-path {path} does not exist; "
+                         "download it with `python download_models.py --llmlingua-only`")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path)
+    except Exception as exc:  # offline, gated, renamed: all end the same way for the user
+        raise UsageError(f"--llmlingua-path {path} is not a local folder and could not be fetched from the hub "
+                         f"({type(exc).__name__}); run `python download_models.py --llmlingua-only`") from None
+
+
+def main_for(method: str, argv: Sequence[str] | None) -> dict:
+    args = build_parser(method).parse_args(argv)
+    ratios = compress.parse_ratios(args.ratios)
+    if args.max_cot_tokens < 1:
+        raise UsageError("--max-cot-tokens must be positive")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError("--batch-size must be positive")
+    input_dir = Path(args.input_dir or
+                     f"outputs/Qwen2.5-{args.model_size.upper()}-Instruct/{args.benchmark}/{args.model_size}")
+    predictions = input_dir / "Original" / "train" / "samples" / "predictions.jsonl"
+    if not predictions.is_file():
+        raise UsageError(f"stage-1 predictions not found: {predictions} (written by {compress.STAGE1} "
+                         f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")
+    count_tokens = compress.token_counter(compress.target_tokenizer_path(predictions, args.tokenizer_path))
+    llmlingua_path = resolve_llmlingua(args.llmlingua_path)
+    prepared = compress.prepare(predictions, model_type=args.model_type, max_cot_tokens=args.max_cot_tokens,
+                                count_tokens=count_tokens)
+
+    from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE
+
+    scorer_type = scorer_class(method)
+    scorer = scorer_type(llmlingua_path, options=OPTIONS_BY_MODEL_TYPE[args.model_type], device=args.device,
+                         dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
+    print(f"Compressing {len(prepared.records)} CoTs with {llmlingua_path} ({method}) on {scorer.device}")
+    out_folder = input_dir / scorer_type.output_folder
+    summary = compress.compress_to_files(prepared, scorer, ratios, out_folder, count_tokens)
+    compress.print_summary(summary, out_folder)
+    return summary
+
+
+def llmlingua_main(argv: Sequence[str] | None = None) -> dict:
+    return main_for("llmlingua2", argv)
+
+
+def ner_main(argv: Sequence[str] | None = None) -> dict:
+    return main_for("ner", argv)

