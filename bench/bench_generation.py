@@ -49,7 +49,9 @@ class AllSequencesHitStop:
 
 
 @torch.inference_mode()
-def original_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
+def original_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
+                  decode_every_step: bool = True) -> list[str]:
+    """`decode_every_step=False` leaves the original's stopping criterion out: plain `generate`."""
     from transformers import StoppingCriteriaList
 
     eos = tokenizer.eos_token_id
@@ -57,10 +59,10 @@ def original_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start:start + batch_size], padding="longest", return_tensors="pt",
                           add_special_tokens=False)
-        criterion = AllSequencesHitStop([eos], tokenizer, batch.input_ids.shape[1])
+        criteria = [AllSequencesHitStop([eos], tokenizer, batch.input_ids.shape[1])] if decode_every_step else []
         output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 max_new_tokens=max_new_tokens, do_sample=False, top_p=1.0,
-                                stopping_criteria=StoppingCriteriaList([criterion]), pad_token_id=eos, use_cache=True)
+                                stopping_criteria=StoppingCriteriaList(criteria), pad_token_id=eos, use_cache=True)
         for row in range(output.shape[0]):  # blank everything from the first stop token on
             for position in range(batch.input_ids.shape[1], output.shape[1]):
                 if output[row, position] == eos:
@@ -103,14 +105,21 @@ def main() -> None:
     start = time.perf_counter()
     baseline = original_loop(baseline_model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
     baseline_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    plain = original_loop(baseline_model, tokenizer, prompts, args.batch_size, args.max_new_tokens,
+                          decode_every_step=False)
+    plain_seconds = time.perf_counter() - start
 
     tokens = sum(completion.n_tokens for completion in ours.values())
     same = sum(ours[i].text == baseline[i] for i in range(len(prompts)))
     print(f"questions {len(prompts)}, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
           f"generated tokens {tokens}, torch threads {torch.get_num_threads()}")
-    print(f"original loop : {baseline_seconds:7.1f} s  {tokens / baseline_seconds:6.1f} tok/s")
-    print(f"tokenskip hf  : {ours_seconds:7.1f} s  {tokens / ours_seconds:6.1f} tok/s")
-    print(f"speed-up      : {baseline_seconds / ours_seconds:.2f}x; identical texts: {same}/{len(prompts)}")
+    print(f"original loop           : {baseline_seconds:7.1f} s  {tokens / baseline_seconds:6.1f} tok/s")
+    print(f"plain generate, no sort : {plain_seconds:7.1f} s  {tokens / plain_seconds:6.1f} tok/s  "
+          f"(identical texts: {sum(p == b for p, b in zip(plain, baseline))}/{len(prompts)})")
+    print(f"tokenskip hf            : {ours_seconds:7.1f} s  {tokens / ours_seconds:6.1f} tok/s")
+    print(f"speed-up vs original    : {baseline_seconds / ours_seconds:.2f}x; identical texts: {same}/{len(prompts)}")
+    print(f"speed-up vs plain       : {plain_seconds / ours_seconds:.2f}x")
     for i in range(len(prompts)):
         if ours[i].text != baseline[i]:
             prefix = next((k for k, (a, b) in enumerate(zip(ours[i].text, baseline[i])) if a != b),

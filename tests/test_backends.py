@@ -122,3 +122,21 @@ def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
         prompt_ids = tokenizer(record["prompt"], add_special_tokens=False).input_ids
         assert record["model_output"].startswith(f"len={len(prompt_ids)} ")
     assert metrics["backend"] == "vllm" and metrics["n_samples"] == 5
+
+
+def test_cpu_attention_and_cache_change_no_output(tiny_lm_dir):
+    """The CPU speed-ups (grouped-query SDPA, preallocated cache) give transformers' own tokens."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(str(tiny_lm_dir))
+    backend = HFBackend(str(tiny_lm_dir), tokenizer, settings=DecodingSettings(max_new_tokens=40), batch_size=4,
+                        device="cpu", dtype=torch.float32)
+    assert backend.model.config._attn_implementation == "tokenskip_sdpa_gqa"
+    assert backend.model.config.num_key_value_heads < backend.model.config.num_attention_heads  # GQA exercised
+    prompts = [f"<|im_start|>user\nQuestion number {i} {'with more words ' * i}?<|im_end|>\n" for i in range(4)]
+    reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, attn_implementation="sdpa").eval()
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        expected = reference.generate(**batch, generation_config=backend.generation_config)
+    for completion, row in zip(backend.generate(prompts), expected[:, batch.input_ids.shape[1]:].tolist()):
+        assert completion.text == backend._completion(row).text

@@ -81,12 +81,22 @@ def check_adapter(path: str | None) -> dict:
     return json.loads(config_file.read_text())
 
 
-def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = None):
-    """A causal LM in eval mode on `device`, with a LoRA adapter merged in for speed."""
+def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = None,
+                   attn_implementation: str | None = None):
+    """A causal LM in eval mode on `device`, with a LoRA adapter merged in for speed.
+
+    `attn_implementation` is a preference: a model that does not support it loads with its default.
+    """
     from transformers import AutoModelForCausalLM
 
+    options = {"dtype": dtype, "trust_remote_code": True}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, **options)
+        except ValueError:
+            if attn_implementation is None:
+                raise
+            model = AutoModelForCausalLM.from_pretrained(path, **options)
     except (OSError, ValueError) as exc:
         raise UsageError(f"could not load a causal LM from {path} ({_first_line(exc)}); {DOWNLOAD_HINT}") from None
     if adapter_path:

@@ -1,11 +1,68 @@
-"""transformers backend: batched, left-padded generation that runs on a CPU or a GPU."""
+"""transformers backend: batched, left-padded generation that runs on a CPU or a GPU.
+
+On a CPU two things dominate a decoding step besides the matrix products, and both are avoided
+without changing a single output bit (bench/bench_generation.py checks the texts):
+- attention with a padding mask falls back from grouped-query attention to copying every key
+  and value head `num_key_value_groups` times, every layer, every step; PyTorch's SDPA takes the
+  grouped heads as they are (`enable_gqa`), with the same result;
+- the default cache grows by concatenation, copying the whole cache every step; here each layer
+  allocates its keys and values once for the whole generation and attends to the filled part
+  (transformers' static cache avoids the copies too, but attends to every slot at every step).
+"""
 
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from tokenskip.backends import Completion, DecodingSettings
 from tokenskip.modeling import load_causal_lm, stop_token_ids
+
+CPU_ATTENTION = "tokenskip_sdpa_gqa"
+
+
+def grouped_query_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                       **kwargs):
+    """transformers' SDPA attention, but grouped-query heads go to SDPA as they are, mask or not."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+        is_causal=query.shape[2] > 1 and attention_mask is None and causal,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A cache layer that grows without copying: one buffer sized for the whole generation."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            batch, heads, _, head_dim = key_states.shape
+            self._key_buffer = key_states.new_empty(batch, heads, self.capacity, head_dim)
+            self._value_buffer = value_states.new_empty(batch, value_states.shape[1], self.capacity,
+                                                        value_states.shape[-1])
+            self.is_initialized = True
+        end = self.filled + key_states.shape[-2]
+        self._key_buffer[:, :, self.filled:end] = key_states
+        self._value_buffer[:, :, self.filled:end] = value_states
+        self.filled = end
+        self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def register_cpu_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CPU_ATTENTION, grouped_query_sdpa)
+    AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)
 
 
 class HFBackend:
@@ -19,7 +76,11 @@ class HFBackend:
         self.settings = settings
         self.chunk_size = batch_size
         self.device = device
-        self.model = load_causal_lm(model_path, device=device, dtype=dtype, adapter_path=adapter_path)
+        on_cpu = torch.device(device).type == "cpu"
+        if on_cpu:
+            register_cpu_attention()
+        self.model = load_causal_lm(model_path, device=device, dtype=dtype, adapter_path=adapter_path,
+                                    attn_implementation=CPU_ATTENTION if on_cpu else None)
         self.stop_ids = stop_token_ids(tokenizer)
         # A fresh config: the model's own may carry sampling defaults or a repetition penalty
         # that would silently change "greedy" decoding.
@@ -35,6 +96,7 @@ class HFBackend:
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
         )
+        self.on_cpu = on_cpu
         self.model.generation_config = self.generation_config
 
     def count_tokens(self, text: str) -> int:
@@ -45,7 +107,12 @@ class HFBackend:
         if self.settings.temperature > 0:
             torch.manual_seed(self.settings.seed)
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        output = self.model.generate(**batch, generation_config=self.generation_config)
+        cache = {}
+        if self.on_cpu:
+            capacity = batch.input_ids.shape[1] + self.settings.max_new_tokens
+            layers = self.model.config.get_text_config().num_hidden_layers
+            cache["past_key_values"] = Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
+        output = self.model.generate(**batch, generation_config=self.generation_config, **cache)
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         return [self._completion(tokens) for tokens in new_tokens]
 
