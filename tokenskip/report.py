@@ -21,14 +21,14 @@ from tokenskip.jsonio import atomic_writer, read_json
 
 METHOD_FOLDERS = {"Original": "original", "TokenSkip": "tokenskip", "Truncation": "truncation",
                   "PromptReduction": "prompt"}
-METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "Truncation",
-                "prompt": "Prompt-based", "ratio-tag": "Base model + γ tag"}
+METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
+                "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
 POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
 
 
 @dataclass
 class Row:
-    method: str
+    method: str  # the run's label
     ratio: float
     accuracy: float  # percent
     accuracy_change: float | None
@@ -114,7 +114,9 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
             n_samples=metrics.get("n_samples", 0),
             path=str(path.parent.relative_to(root)),
         ))
-    rows.sort(key=lambda row: (row.ratio != 1.0 or row.method != original_label, row.method, -row.ratio))
+    order = {run.label: list(METHOD_NAMES).index(run.method) if run.method in METHOD_NAMES else len(METHOD_NAMES)
+             for run in runs}
+    rows.sort(key=lambda row: (order[row.method], row.method, -row.ratio))
     benchmark = next((run.metrics["benchmark"] for run in runs if run.metrics.get("benchmark")), None) \
         or _benchmark_of(group)
     title = " / ".join(group.relative_to(root).parts) if group != root else group.name
