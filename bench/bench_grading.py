@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
 from tokenskip.grading import Grade, Grader, GradeRequest  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -40,14 +40,8 @@ def math500_requests(data: Path) -> list[GradeRequest]:
 
 def gsm8k_requests(data: Path) -> list[GradeRequest]:
     """Reference solutions as a model would write them: no `<<calc>>` notes, a boxed final answer."""
-    requests = []
-    for record in read_jsonl(data / "gsm8k" / "test.jsonl"):
-        solution, gold = record["answer"].split("####")
-        gold = gold.strip().replace(",", "")
-        reasoning = re.sub(r"<<.*?>>", "", solution).strip()
-        output = f"{reasoning}\n\nThe final answer is: $\\boxed{{{gold}}}$"
-        requests.append(GradeRequest(output, gold, question=record["question"]))
-    return requests
+    return [GradeRequest(gsm8k_solution_as_output(r["answer"]), gsm8k_final_answer(r["answer"]), question=r["question"])
+            for r in read_jsonl(data / "gsm8k" / "test.jsonl")]
 
 
 def timed_grade(grader: Grader, requests: list[GradeRequest]) -> tuple[float, list[Grade]]:

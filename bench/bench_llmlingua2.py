@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from tests.classifiers import build_classifier, gsm8k_cot
+from tests.classifiers import build_classifier
+from tokenskip.data import gsm8k_solution_as_output
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import read_jsonl
 from tokenskip.scorers.llmlingua2 import (
@@ -108,13 +109,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = read_jsonl(args.data, what="GSM8K train file")
     if not 0 < args.n <= len(records):
         raise UsageError(f"--n must be between 1 and {len(records)}, got {args.n}")
-    cots = [gsm8k_cot(r["answer"]) for r in records[: args.n]]
+    cots = [gsm8k_solution_as_output(r["answer"]) for r in records[: args.n]]
 
     with tempfile.TemporaryDirectory() as tmp:
         # llmlingua only accepts folders named after its two model families
         model = tmp + "/random-llmlingua-2-xlm-roberta-large-meetingbank"
         started = time.perf_counter()
-        training = [gsm8k_cot(r["answer"]) for r in records]
+        training = [gsm8k_solution_as_output(r["answer"]) for r in records]
         build_classifier(Path(model), "xlm-roberta", training, vocab_size=8000, **BASE)
         print(
             f"built a random XLM-R-base token classifier in {time.perf_counter() - started:.0f} s", flush=True

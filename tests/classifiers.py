@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
@@ -21,6 +20,8 @@ from transformers import (
     XLMRobertaForTokenClassification,
     XLMRobertaTokenizer,
 )
+
+from tokenskip.data import gsm8k_solution_as_output
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 FOLDER_NAMES = {
@@ -57,17 +58,11 @@ HANDWRITTEN = [
 ]
 
 
-def gsm8k_cot(answer: str) -> str:
-    """A GSM8K reference solution in TokenSkip's CoT form: no <<calc>> notes, boxed final answer."""
-    body, _, final = answer.partition("####")
-    return re.sub(r"<<.*?>>", "", body).strip() + "\nThe final answer is: $\\boxed{" + final.strip() + "}$"
-
-
 def gsm8k_cots(n: int) -> list[str]:
     if not GSM8K_TRAIN.is_file():
         return []
     with GSM8K_TRAIN.open(encoding="utf-8") as handle:
-        return [gsm8k_cot(json.loads(line)["answer"]) for line, _ in zip(handle, range(n))]
+        return [gsm8k_solution_as_output(json.loads(line)["answer"]) for line, _ in zip(handle, range(n))]
 
 
 def synthetic_cots(n: int, seed: int = 0) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tokenskip import equivalence
+from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output
 from tokenskip.equivalence import is_equivalent, math_verify_equivalent, quick_verdict
 from tokenskip.errors import UsageError
 from tokenskip.grading import Grade, Grader, GradeRequest
@@ -242,14 +243,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def gsm8k_reference_requests() -> list[GradeRequest]:
     """Each GSM8K reference solution rendered as a model answers: calculator notes removed, the
     `####` line replaced by the boxed final answer."""
-    requests = []
-    for record in read_jsonl(DATA / "gsm8k" / "test.jsonl"):
-        solution, gold = record["answer"].split("####")
-        gold = gold.strip().replace(",", "")
-        reasoning = re.sub(r"<<.*?>>", "", solution).strip()
-        output = f"{reasoning}\n\nThe final answer is: $\\boxed{{{gold}}}$"
-        requests.append(GradeRequest(output, gold, question=record["question"]))
-    return requests
+    return [GradeRequest(gsm8k_solution_as_output(r["answer"]), gsm8k_final_answer(r["answer"]), question=r["question"])
+            for r in read_jsonl(DATA / "gsm8k" / "test.jsonl")]
 
 
 def rates(grades: list[Grade]) -> dict[str, float]:

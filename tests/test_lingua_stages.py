@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
 from conftest import ROOT
+
 from tokenskip import compress, lingua_stage
 from tokenskip.errors import UsageError
 from tokenskip.scorers.ner import pattern_entities
@@ -63,7 +63,8 @@ def test_llmlingua_stage_writes_every_ratio_as_llmlingua_would(run_dir, classifi
                                    "compression_rate"}
         means.append(sum(r["compression_rate"] for r in records) / len(records))
         for record in records[:3]:
-            assert record["compressed_cot"] == compressor.compress_prompt(record["cot"], rate=ratio)["compressed_prompt"]
+            expected = compressor.compress_prompt(record["cot"], rate=ratio)["compressed_prompt"]
+            assert record["compressed_cot"] == expected
     assert means == sorted(means, reverse=True)
     first = (run_dir / "Compression" / "train_outputs_compressed_ratio_0.5.jsonl").read_bytes()
     lingua_stage.llmlingua_main(["--input-dir", str(run_dir), "--llmlingua-path", str(classifier)])

@@ -9,6 +9,7 @@ ending in `#### 72`), TokenSkip's own (`question`, `answer`, `cot`, `id`) and MA
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def default_path(benchmark: str, split: str, root: str | Path = "datasets") -> P
 def gsm8k_final_answer(text: str) -> str:
     """The number after `####`, without thousands separators (`1,000` -> `1000`)."""
     return text.split("####")[-1].strip().replace(",", "")
+
+
+def gsm8k_solution_as_output(answer_field: str) -> str:
+    """A GSM8K reference solution written the way a model answers: no `<<calc>>` notes, and the
+    `#### N` line as TokenSkip's final-answer sentence (for gold checks and benchmarks)."""
+    from tokenskip.prompts import ANSWER_MARKER
+
+    reasoning = re.sub(r"<<.*?>>", "", answer_field.split("####")[0]).strip()
+    return f"{reasoning}{ANSWER_MARKER} $\\boxed{{{gsm8k_final_answer(answer_field)}}}$"
 
 
 def boxed_answer_of(solution: str) -> str:
