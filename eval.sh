@@ -2,7 +2,7 @@
 # Evaluate a model, with or without a TokenSkip adapter, at one or several compression ratios.
 # Edit the settings below, or override any of them from the environment, e.g.
 #   MODEL_PATH=models/SmolLM2-135M-Instruct MODEL_SIZE=135m DATA_PATH=datasets/sample/test.jsonl bash eval.sh
-#   RATIOS="1.0 0.9 0.8 0.7 0.6 0.5" bash eval.sh        # sweep ratios in one call
+#   RATIOS="1.0 0.9 0.8 0.7 0.6 0.5" bash eval.sh        # sweep ratios, loading the model once
 # Paths default to what download_models.py wrote in models/paths.env.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,7 +42,5 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH" --tokenizer-path "$M
 [ -n "$BASELINE" ] && args+=(--baseline "$BASELINE")
 [ -n "$LABEL" ] && args+=(--label "$LABEL")
 
-for ratio in $RATIOS; do
-    echo "== $MODEL_PATH, ratio $ratio$([ "$USE_ADAPTER" = 1 ] && echo ", adapter $ADAPTER_PATH")${BASELINE:+, $BASELINE baseline}"
-    "$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "$ratio"
-done
+# one call for all ratios: the model is loaded once, each ratio gets its own folder
+"$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio $RATIOS

@@ -102,7 +102,7 @@ def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 12}))
-    metrics = evaluate.main([
+    [metrics] = evaluate.main([
         "--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path / "out"), "--model-size", "t",
         "--benchmark", "math", "--data-type", "test", "--data-path", str(ROOT / "datasets" / "sample" / "test.jsonl"),
         "--use_vllm", "--use_adapter", "--adapter-path", str(adapter), "--compression_ratio", "0.7",

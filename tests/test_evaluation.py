@@ -40,7 +40,7 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def test_run_writes_predictions_and_metrics(tiny_lm_dir, tmp_path):
-    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6"))
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6"))
     samples = tmp_path / "tiny" / "Original" / "test" / "samples"
     records = read_lines(samples / "predictions.jsonl")
     assert len(records) == 6 and all(PREDICTION_FIELDS <= set(r) for r in records)
@@ -58,6 +58,27 @@ def test_ratio_tag_reaches_every_prompt_and_its_own_folder(tiny_lm_dir, tmp_path
     evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3", "--compression_ratio", "0.5"))
     records = read_lines(tmp_path / "tiny" / "Original" / "test" / "ratio_0.5" / "samples" / "predictions.jsonl")
     assert all(r["prompt"].endswith("<|eot_id|>0.5<|eot_id|><|im_end|>\n<|im_start|>assistant\n") for r in records)
+
+
+def test_several_ratios_load_the_model_once_and_match_separate_runs(tiny_lm_dir, tmp_path, monkeypatch):
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path / "one", "--max_num_examples", "3"))
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path / "many", "--max_num_examples", "3"))
+    separate = {ratio: evaluate.main(cli_args(tiny_lm_dir, tmp_path / "one", "--max_num_examples", "3",
+                                              "--baseline", "truncation", "--compression_ratio", ratio))[0]
+                for ratio in ("0.9", "0.3")}
+    loads = []
+    create_backend = evaluate.create_backend
+    monkeypatch.setattr(evaluate, "create_backend", lambda *a: loads.append(a) or create_backend(*a))
+    together = evaluate.main(cli_args(tiny_lm_dir, tmp_path / "many", "--max_num_examples", "3",
+                                      "--baseline", "truncation", "--compression_ratio", "0.9", "0.3"))
+    assert len(loads) == 1
+    assert [m["compression_ratio"] for m in together] == [0.9, 0.3]
+    assert together[0]["decoding"]["max_new_tokens"] > together[1]["decoding"]["max_new_tokens"]
+    for metrics, ratio in zip(together, ("0.9", "0.3")):
+        assert metrics["decoding"] == separate[ratio]["decoding"]
+        one, many = (tmp_path / root / "tiny" / "Truncation" / ratio / "samples" / "predictions.jsonl"
+                     for root in ("one", "many"))
+        assert read_lines(one) == read_lines(many)
 
 
 def test_finished_run_is_not_generated_again(tiny_lm_dir, tmp_path, monkeypatch):
@@ -176,8 +197,8 @@ def test_bad_input_gives_one_line_error(case, tiny_lm_dir, tmp_path):
 
 
 def test_truncation_baseline_caps_output_at_ratio_of_original_cot_length(tiny_lm_dir, tmp_path):
-    original = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3"))
-    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3", "--baseline", "truncation",
+    [original] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3"))
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3", "--baseline", "truncation",
                                      "--compression_ratio", "0.5"))
     budget = max(1, round(0.5 * original["avg_cot_length"]))
     assert metrics["method"] == "truncation" and metrics["decoding"]["max_new_tokens"] == budget
@@ -187,7 +208,7 @@ def test_truncation_baseline_caps_output_at_ratio_of_original_cot_length(tiny_lm
 
 
 def test_prompt_baseline_asks_for_fewer_words(tiny_lm_dir, tmp_path):
-    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2", "--baseline", "prompt",
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2", "--baseline", "prompt",
                                      "--compression_ratio", "0.7", "--label", "ask"))
     records = read_lines(tmp_path / "tiny" / "PromptReduction" / "0.7" / "samples" / "predictions.jsonl")
     question = records[0]["messages"][0]["content"]

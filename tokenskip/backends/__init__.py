@@ -35,7 +35,8 @@ class Backend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def generate(self, prompts: list[str]) -> list[Completion]: ...
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[Completion]:
+        """Greedy or sampled completions; `max_new_tokens` overrides the settings' budget for this call."""
 
 
 def vllm_available() -> bool:

@@ -103,16 +103,18 @@ class HFBackend:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str]) -> list[Completion]:
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[Completion]:
+        budget = max_new_tokens or self.settings.max_new_tokens
         if self.settings.temperature > 0:
             torch.manual_seed(self.settings.seed)
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         cache = {}
         if self.on_cpu:
-            capacity = batch.input_ids.shape[1] + self.settings.max_new_tokens
+            capacity = batch.input_ids.shape[1] + budget
             layers = self.model.config.get_text_config().num_hidden_layers
             cache["past_key_values"] = Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
-        output = self.model.generate(**batch, generation_config=self.generation_config, **cache)
+        output = self.model.generate(**batch, generation_config=self.generation_config, max_new_tokens=budget,
+                                     **cache)
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         return [self._completion(tokens) for tokens in new_tokens]
 

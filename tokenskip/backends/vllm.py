@@ -36,15 +36,9 @@ class VLLMBackend:
             generation_config="vllm",  # ignore the model's sampling defaults, as the hf backend does
             **lora_options,
         )
-        self.sampling_params = SamplingParams(
-            max_tokens=int(settings.max_new_tokens),
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            repetition_penalty=1.0,
-            stop_token_ids=stop_token_ids(tokenizer),
-            skip_special_tokens=True,
-        )
+        self.settings = settings
+        self.make_sampling_params = SamplingParams
+        self.stop_ids = stop_token_ids(tokenizer)
         self.lora_request = None
         if adapter_path:
             from vllm.lora.request import LoRARequest
@@ -54,9 +48,18 @@ class VLLMBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def generate(self, prompts: list[str]) -> list[Completion]:
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[Completion]:
         # Token ids, not strings: vLLM would add a second BOS to prompts that carry their own.
         inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
         # vLLM returns the outputs in the order of the inputs.
-        outputs = self.llm.generate(inputs, self.sampling_params, lora_request=self.lora_request, use_tqdm=False)
+        params = self.make_sampling_params(
+            max_tokens=int(max_new_tokens or self.settings.max_new_tokens),
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            seed=self.settings.seed,
+            repetition_penalty=1.0,
+            stop_token_ids=self.stop_ids,
+            skip_special_tokens=True,
+        )
+        outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         return [Completion(text=o.outputs[0].text, n_tokens=len(o.outputs[0].token_ids)) for o in outputs]
