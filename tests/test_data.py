@@ -81,3 +81,25 @@ def test_shared_gsm8k_and_math500_load():
     assert len(gsm8k) == 1319 and len(math500) == 500
     assert all("," not in e.answer for e in gsm8k)
     assert math500[0].extra["level"] in range(1, 6)
+
+
+def test_default_files_are_found_in_datasets_then_beside_the_checkout(tmp_path, monkeypatch):
+    project, shared = tmp_path / "project", tmp_path / "shared" / "data" / "gsm8k"
+    (project / "datasets" / "gsm8k").mkdir(parents=True)
+    shared.mkdir(parents=True)
+    write_jsonl(shared / "test.jsonl", [{"question": "shared?", "answer": "#### 1"}])
+    monkeypatch.chdir(project)
+    [example] = load_examples("gsm8k", "test")
+    assert example.question == "shared?"
+    write_jsonl(project / "datasets" / "gsm8k" / "test.jsonl", [{"question": "own?", "answer": "#### 2"}])
+    [example] = load_examples("gsm8k", "test")
+    assert example.question == "own?"
+
+
+def test_absent_default_file_without_hub_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(UsageError, match="download_models.py --datasets"):
+        load_examples("gsm8k", "test")

@@ -38,8 +38,23 @@ class Example:
     extra: dict = field(default_factory=dict)
 
 
-def default_path(benchmark: str, split: str, root: str | Path = "datasets") -> Path:
+# Where a benchmark file is looked for when --data-path is not given, in order (then the hub):
+# the project's datasets/, and a shared data folder beside the checkout, as on multi-user machines.
+DATA_ROOTS = (Path("datasets"), Path("..") / "shared" / "data")
+
+
+def default_path(benchmark: str, split: str, root: str | Path = DATA_ROOTS[0]) -> Path:
     return Path(root) / DATASET_DIRS[benchmark] / f"{split}.jsonl"
+
+
+def data_source(benchmark: str, split: str, data_path: str | Path | None = None) -> str:
+    """The file a run reads (`data_path`, else the first local default that exists), else the hub name."""
+    if data_path is not None:
+        return str(data_path)
+    for root in DATA_ROOTS:
+        if default_path(benchmark, split, root).is_file():
+            return str(default_path(benchmark, split, root))
+    return f"hub:{HUB_SOURCES[benchmark, split][0]}"
 
 
 def gsm8k_final_answer(text: str) -> str:
@@ -91,18 +106,14 @@ def to_example(record: dict, *, index: int, benchmark: str, split: str, where: s
 
 
 def load_examples(benchmark: str, split: str, data_path: str | Path | None = None) -> list[Example]:
-    """Load a benchmark split from `data_path`, the default local file, or the hub, in that order."""
-    if data_path is not None:
-        path = Path(data_path)
-        if not path.is_file():
-            raise UsageError(f"--data-path {path} does not exist")
-        records, source = read_jsonl(path, what="dataset file"), str(path)
+    """Load a benchmark split from `data_path`, a local default file (DATA_ROOTS), or the hub, in that order."""
+    if data_path is not None and not Path(data_path).is_file():
+        raise UsageError(f"--data-path {data_path} does not exist")
+    source = data_source(benchmark, split, data_path)
+    if source.startswith("hub:"):
+        records, source = _load_from_hub(benchmark, split, default_path(benchmark, split))
     else:
-        path = default_path(benchmark, split)
-        if path.is_file():
-            records, source = read_jsonl(path, what="dataset file"), str(path)
-        else:
-            records, source = _load_from_hub(benchmark, split, path)
+        records = read_jsonl(Path(source), what="dataset file")
     examples = [
         to_example(record, index=i, benchmark=benchmark, split=split, where=f"{source}:{i + 1}")
         for i, record in enumerate(records)

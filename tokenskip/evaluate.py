@@ -63,7 +63,8 @@ def build_parser() -> StageParser:
     add("--benchmark", choices=data.BENCHMARKS, default="gsm8k", help="gsm8k, or math (MATH-500 for test)")
     add("--data-type", choices=data.SPLITS, default="test", help="train collects CoTs; test measures")
     add("--data-path", default=None,
-        help="a local jsonl; default datasets/{gsm8k|math-500}/{split}.jsonl, else the Hugging Face hub")
+        help="a local jsonl; default datasets/{gsm8k|math-500}/{split}.jsonl, else the same under "
+             "../shared/data/, else the Hugging Face hub")
     add("--use_vllm", action="store_true", help="same as --backend vllm")
     add("--backend", choices=BACKENDS, default="auto",
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf)")
@@ -198,7 +199,7 @@ def evaluate_ratio(args, examples: list[data.Example], shared: SharedModel) -> d
         adapter_path=args.adapter_path if args.use_adapter else None, model_type=args.model_type,
         compression_ratio=args.compression_ratio, baseline=args.baseline, benchmark=args.benchmark,
         data_type=args.data_type,
-        data_source=args.data_path or str(data.default_path(args.benchmark, args.data_type)),
+        data_source=data.data_source(args.benchmark, args.data_type, args.data_path),
         max_num_examples=args.max_num_examples, max_new_tokens=effective_max_new_tokens(args),
         temperature=args.temperature, top_p=1.0, seed=args.seed,
     )
