@@ -12,6 +12,8 @@ without changing a single output bit (bench/bench_generation.py checks the texts
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -113,8 +115,11 @@ class HFBackend:
             capacity = batch.input_ids.shape[1] + budget
             layers = self.model.config.get_text_config().num_hidden_layers
             cache["past_key_values"] = Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
-        output = self.model.generate(**batch, generation_config=self.generation_config, max_new_tokens=budget,
-                                     **cache)
+        config = self.generation_config
+        if budget != config.max_new_tokens:
+            config = copy.deepcopy(config)
+            config.max_new_tokens = budget
+        output = self.model.generate(**batch, generation_config=config, **cache)
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         return [self._completion(tokens) for tokens in new_tokens]
 
