@@ -35,3 +35,26 @@ def test_eval_sh_rejects_nothing_silently_when_the_model_is_missing(tmp_path):
                             env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "PATHS_ENV": str(tmp_path / "x"),
                                  "MODEL_PATH": str(tmp_path / "models" / "none"), "OUTPUT_DIR": str(tmp_path / "o")})
     assert result.returncode == 2 and "download_models.py" in result.stderr
+
+
+def test_a_missing_package_is_one_line_naming_it(capsys):
+    from tokenskip.cli import run_cli
+
+    def needs_peft(argv):
+        raise ModuleNotFoundError("No module named 'peft'", name="peft")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(needs_peft, [])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: the package 'peft' is not installed") and "make setup" in line
+
+
+def test_a_missing_module_of_our_own_is_a_bug_not_a_user_error():
+    from tokenskip.cli import run_cli
+
+    def broken(argv):
+        raise ModuleNotFoundError("No module named 'tokenskip.nope'", name="tokenskip.nope")
+
+    with pytest.raises(ModuleNotFoundError):
+        run_cli(broken, [])

@@ -38,6 +38,12 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] == "tokenskip":
+            raise
+        print(f"error: the package {exc.name.split('.')[0]!r} is not installed in {sys.prefix}; "
+              "run `make setup` (or `make setup-vllm` for .venv-vllm), or pip install it there", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
