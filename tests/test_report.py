@@ -82,3 +82,13 @@ def test_json_format(tree):
 def test_an_empty_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match="no metrics.json"):
         report.main([str(tmp_path)])
+
+
+def test_runs_on_the_same_spot_share_one_label():
+    def row(ratio, tokens, accuracy):
+        return report.Row("TokenSkip", ratio, accuracy, None, tokens, None, None, None, 10, "")
+
+    rows = [row(0.9, 51.4, 25.0), row(0.8, 51.4, 25.0), row(0.7, 50.6, 21.9), row(0.5, 100.0, 10.0)]
+    spots = report.label_spots(rows, rows)
+    assert [ratios for _, ratios in spots] == [["0.9", "0.8"], ["0.7"], ["0.5"]]
+    assert spots[0][0] == (51.4, 25.0)
