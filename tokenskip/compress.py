@@ -16,7 +16,7 @@ from typing import Sequence
 
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
-from tokenskip.prompts import ANSWER_MARKER
+from tokenskip.prompts import ANSWER_MARKER, cot_of
 from tokenskip.scorers import CoT, Scorer
 
 DEFAULT_RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
@@ -80,7 +80,7 @@ def extract_cot(model_output: str, model_type: str) -> tuple[str | None, str]:
     if model_type == "qwen":
         return text, "kept"
     if ANSWER_MARKER in model_output:
-        cot = model_output.split(ANSWER_MARKER)[0].strip()
+        cot = cot_of(model_output).strip()
     else:
         match = _FINAL_BOXED_SENTENCE.search(model_output)
         if match is None:

@@ -36,7 +36,7 @@ from huggingface_hub.utils import filter_repo_objects
 from tokenskip import embedded
 from tokenskip.cli import StageParser
 from tokenskip.data import HUB_SOURCES, default_path
-from tokenskip.errors import UsageError
+from tokenskip.errors import UsageError, first_line
 from tokenskip.jsonio import atomic_writer, write_jsonl_atomic
 
 T = TypeVar("T")
@@ -89,7 +89,6 @@ class Item:
     target: Path
     size: int  # bytes; an estimate until the hub's file list replaces it
     env_key: str | None = None
-    estimated: bool = True
     gated: bool = False
     config: str | None = None  # dataset config
     split: str | None = None  # dataset split
@@ -102,6 +101,11 @@ class Item:
         if self.kind == "embedded":
             return f"{self.source} (PyPI, offline)"
         return self.source
+
+    @property
+    def estimated(self) -> bool:
+        """The size is a catalogue estimate until the hub's file list pinned a revision."""
+        return self.revision is None
 
     def size_label(self) -> str:
         return f"~{human(self.size)} (estimated)" if self.estimated else human(self.size)
@@ -288,8 +292,8 @@ def _brief(exc: BaseException) -> str:
     if status is not None:
         return f"HTTP {status}"
     cause = _network_cause(exc) or exc
-    detail = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {detail[0]}" if detail else type(cause).__name__
+    detail = first_line(cause)
+    return detail if detail == type(cause).__name__ else f"{type(cause).__name__}: {detail}"
 
 
 def with_retries(action: Callable[[], T], *, what: str, retries: int,
@@ -369,7 +373,6 @@ def apply_file_list(item: Item, files: RepoFiles, include: Sequence[str] | None,
     kept = filter_repo_objects(list(files.sizes), allow_patterns=include or None,
                                ignore_patterns=item.exclude)
     item.size = sum(files.sizes[name] for name in kept)
-    item.estimated = False
 
 
 def fetch_model(item: Item, include: Sequence[str] | None, retries: int) -> None:
@@ -494,8 +497,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if is_complete(item):
             print(f"[{number}/{len(items)}] {item.label()} -> {item.target}: already present")
         else:
-            size = f"{'~' if item.estimated else ''}{human(item.size)}"
-            print(f"[{number}/{len(items)}] {item.label()} -> {item.target} ({size})", flush=True)
+            print(f"[{number}/{len(items)}] {item.label()} -> {item.target} ({item.size_label()})", flush=True)
             fetch(item, args)
         if item.env_key:
             update_paths_env(env_path, {item.env_key: str(item.target.resolve())})

@@ -7,3 +7,9 @@ Anything a user can fix (a missing file, a bad flag value, a malformed record) i
 
 class UsageError(Exception):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception in one line, for a UsageError that explains it: its message's first line, else its type."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from tokenskip import data, prompts
+from tokenskip import data, layout, prompts
 from tokenskip.backends import BACKENDS, Backend, DecodingSettings, choose_backend
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
@@ -48,7 +48,7 @@ GENERATION_LOG = "generation_log.jsonl"
 def build_parser() -> StageParser:
     parser = StageParser(prog="evaluation.py", description=__doc__.split("\n\n")[0], epilog=EXAMPLES)
     add = parser.add_argument
-    add("--output-dir", default="outputs/Qwen2.5-7B-Instruct/gsm8k/",
+    add("--output-dir", default=layout.DEFAULT_OUTPUT_DIR.format(benchmark="gsm8k"),
         help="root of this model's outputs; the run goes to {output-dir}/{model-size}/Original/{data-type}/ "
              "or, with an adapter, {output-dir}/{model-size}/TokenSkip/{ratio}/")
     add("--model-path", default="models/Qwen2.5-7B-Instruct", help="local model folder (or a hub id)")
@@ -114,13 +114,10 @@ def run_dir(args) -> Path:
     """The original layout; train-split adapter runs and γ-tagged base runs get their own folder."""
     root = Path(args.output_dir) / args.model_size
     ratio = prompts.ratio_tag(args.compression_ratio)
-    if args.baseline:
-        folder = root / {"truncation": "Truncation", "prompt": "PromptReduction"}[args.baseline] / ratio
+    if args.baseline or args.use_adapter:
+        folder = root / layout.RUN_FOLDERS[args.baseline or "tokenskip"] / ratio
         return folder / "train" if args.data_type == "train" else folder
-    if args.use_adapter:
-        folder = root / "TokenSkip" / ratio
-        return folder / "train" if args.data_type == "train" else folder
-    folder = root / "Original" / args.data_type
+    folder = root / layout.RUN_FOLDERS["original"] / args.data_type
     return folder if args.compression_ratio == 1.0 else folder / f"ratio_{ratio}"
 
 
@@ -143,7 +140,8 @@ def validate(args) -> None:
 
 def original_run_metrics(args) -> dict:
     """The base model's run on the same split, whose mean CoT length the truncation budget scales."""
-    path = Path(args.output_dir) / args.model_size / "Original" / args.data_type / "samples" / METRICS
+    original = Path(args.output_dir) / args.model_size / layout.RUN_FOLDERS["original"]
+    path = original / args.data_type / "samples" / METRICS
     if not path.exists():
         raise UsageError(f"--baseline truncation needs the base model's run first ({path} is missing): "
                          "run evaluation.py with the same --output-dir and --model-size, without --baseline")

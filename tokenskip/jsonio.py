@@ -76,9 +76,9 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> None
             handle.write(dumps_line(record))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 4) -> None:
     with atomic_writer(path) as handle:
-        json.dump(obj, handle, indent=4, ensure_ascii=False)
+        json.dump(obj, handle, indent=indent, ensure_ascii=False)
         handle.write("\n")
 
 

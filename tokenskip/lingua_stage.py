@@ -10,17 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokenskip import compress, prompts
+from tokenskip import compress, layout, prompts
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
 from tokenskip.scorers import scorer_class
 
 DEFAULT_LLMLINGUA = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
-STAGES = {"llmlingua2": "LLMLingua.py", "ner": "llmlingua_ner.py"}
 
 
 def build_parser(method: str) -> StageParser:
-    prog = STAGES[method]
+    prog = scorer_class(method).script
     what = "NER-enhanced LLMLingua-2" if method == "ner" else "LLMLingua-2"
     examples = (f"examples:\n  python {prog} --input-dir outputs/Qwen2.5-7B-Instruct/gsm8k/7b/ "
                 f"--llmlingua-path models/llmlingua-2-xlm-roberta-large-meetingbank\n"
@@ -30,7 +29,7 @@ def build_parser(method: str) -> StageParser:
     add = parser.add_argument
     add("--input-dir", default=None,
         help="the model's outputs folder holding Original/train/samples/predictions.jsonl "
-             "(default: outputs/Qwen2.5-{SIZE}-Instruct/{benchmark}/{model-size}/)")
+             f"(default: {layout.DEFAULT_OUTPUT_DIR}{{model-size}}/)")
     add("--model-size", default="7b", help="names the default input folder")
     add("--model-type", choices=prompts.MODEL_TYPES, default="qwen",
         help="TokenSkip's LLMLingua-2 options and CoT extraction for this target model")
@@ -75,9 +74,8 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
         raise UsageError("--max-cot-tokens must be positive")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be positive")
-    input_dir = Path(args.input_dir or
-                     f"outputs/Qwen2.5-{args.model_size.upper()}-Instruct/{args.benchmark}/{args.model_size}")
-    predictions = input_dir / "Original" / "train" / "samples" / "predictions.jsonl"
+    input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
+    predictions = layout.stage1_samples(input_dir) / "predictions.jsonl"
     if not predictions.is_file():
         raise UsageError(f"stage-1 predictions not found: {predictions} (written by {compress.STAGE1} "
                          f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")

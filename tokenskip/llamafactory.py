@@ -9,14 +9,13 @@ differs).
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip import prompts
+from tokenskip import layout, prompts
 from tokenskip.cli import StageParser
 from tokenskip.compress import DEFAULT_RATIOS, parse_ratios, ratio_file
 from tokenskip.errors import UsageError
@@ -52,30 +51,26 @@ def training_record(question: str, cot: str, answer, ratio: float, model_type: s
 
 def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple[list[dict], dict[float, dict]]:
     """The formatted originals and, per ratio, the compressed lines by id; mismatches are errors."""
-    formatted_path = input_dir / "Original" / "train" / "samples" / "predictions_formatted.jsonl"
-    originals = read_jsonl(formatted_path, what="formatted CoTs",
-                           made_by=f"the compression stage ({stage_script(method)})")
     scorer = scorer_class(method)
+    formatted_path = layout.stage1_samples(input_dir) / "predictions_formatted.jsonl"
+    originals = read_jsonl(formatted_path, what="formatted CoTs",
+                           made_by=f"the compression stage ({scorer.script})")
     folder = input_dir / scorer.output_folder
     compressed: dict[float, dict] = {}
     original_ids = [record["id"] for record in originals]
     for ratio in ratios:
         path = ratio_file(folder, ratio, scorer.file_stem)
         if not path.exists():
-            raise UsageError(f"{path} is missing: run {stage_script(method)} with ratio {ratio} first")
+            raise UsageError(f"{path} is missing: run {scorer.script} with ratio {ratio} first")
         by_id = {line["id"]: line for line in read_jsonl(path, what="compressed CoTs")}
         missing = [i for i in original_ids if i not in by_id]
         extra = sorted(set(by_id) - set(original_ids))
         if missing or extra:
             detail = (f"{len(missing)} ids missing (e.g. {missing[0]})" if missing else "") + (
                 f"{'; ' if missing else ''}{len(extra)} unknown ids (e.g. {extra[0]})" if extra else "")
-            raise UsageError(f"{path} does not match {formatted_path}: {detail}; rerun {stage_script(method)}")
+            raise UsageError(f"{path} does not match {formatted_path}: {detail}; rerun {scorer.script}")
         compressed[ratio] = by_id
     return originals, compressed
-
-
-def stage_script(method: str) -> str:
-    return {"llmlingua2": "LLMLingua.py", "ner": "llmlingua_ner.py", "cts": "CTS_data_get.py"}.get(method, method)
 
 
 def build_records(originals: list[dict], compressed: dict[float, dict], *, model_type: str, mix: str,
@@ -99,11 +94,6 @@ def build_records(originals: list[dict], compressed: dict[float, dict], *, model
             per_ratio[ratio] += 1
     rng.shuffle(records)
     return records, per_ratio
-
-
-def write_dataset(path: Path, records: list[dict]) -> None:
-    with atomic_writer(path) as handle:
-        json.dump(records, handle, ensure_ascii=False, indent=1)
 
 
 def copy_to_llamafactory(source: Path, llamafactory_dir: Path, target_name: str | None = None) -> Path:
@@ -155,7 +145,7 @@ def build_parser() -> StageParser:
     add = parser.add_argument
     add("--input-dir", default=None,
         help="the model's outputs folder holding Original/ and the compression folders "
-             "(default: outputs/Qwen2.5-7B-Instruct/{benchmark}/{model-size}/)")
+             f"(default: {layout.DEFAULT_OUTPUT_DIR}{{model-size}}/)")
     add("--model-size", default="7b", help="names the default input folder and output file")
     add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="prompt format the data is built for")
     add("--benchmark", choices=("gsm8k", "math"), default="gsm8k")
@@ -175,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     scorer_class(args.method)  # an unknown method fails here, before any file is read
     ratios = parse_ratios(args.ratios)
-    input_dir = Path(args.input_dir or f"outputs/Qwen2.5-7B-Instruct/{args.benchmark}/{args.model_size}")
+    input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
     output_file = Path(args.output_file or default_output_file(args.benchmark, args.method, args.model_type,
                                                                args.model_size))
     if args.llamafactory_dir:
@@ -183,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     originals, compressed = load_aligned(input_dir, args.method, ratios)
     records, per_ratio = build_records(originals, compressed, model_type=args.model_type, mix=args.mix,
                                        seed=args.seed)
-    write_dataset(output_file, records)
+    write_json_atomic(output_file, records, indent=1)
     counts = ", ".join(f"γ={ratio}: {per_ratio[ratio]}" for ratio in [1.0, *ratios])
     print(f"{len(records)} training records from {len(originals)} questions ({counts})")
     print(f"wrote {output_file}")

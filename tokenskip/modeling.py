@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenskip.errors import UsageError
+from tokenskip.errors import UsageError, first_line
 
 DOWNLOAD_HINT = "download it with `python download_models.py` (or `python download_models.py --embedded` offline)"
 # Turn-ending markers of the chat formats we prompt with; generation stops at any of them.
@@ -53,7 +53,7 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"could not load a tokenizer from {path} ({_first_line(exc)}); {DOWNLOAD_HINT}") from None
+        raise UsageError(f"could not load a tokenizer from {path} ({first_line(exc)}); {DOWNLOAD_HINT}") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -98,14 +98,9 @@ def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = 
                 raise
             model = AutoModelForCausalLM.from_pretrained(path, **options)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"could not load a causal LM from {path} ({_first_line(exc)}); {DOWNLOAD_HINT}") from None
+        raise UsageError(f"could not load a causal LM from {path} ({first_line(exc)}); {DOWNLOAD_HINT}") from None
     if adapter_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     return model.to(device).eval()
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

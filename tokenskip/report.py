@@ -18,9 +18,9 @@ from typing import Sequence
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import atomic_writer, read_json
+from tokenskip.layout import RUN_FOLDERS
 
-METHOD_FOLDERS = {"Original": "original", "TokenSkip": "tokenskip", "Truncation": "truncation",
-                  "PromptReduction": "prompt"}
+METHOD_FOLDERS = {folder: method for method, folder in RUN_FOLDERS.items()}
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
                 "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
 POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds

@@ -30,6 +30,7 @@ class CoT:
 class Scorer(ABC):
     name: ClassVar[str]  # the --method name
     output_folder: ClassVar[str]  # where the stage writes its ratio files, next to Original/
+    script: ClassVar[str]  # the top-level stage script that runs it
     file_stem: ClassVar[str] = "train_outputs_compressed_ratio"  # ratio files are {file_stem}_{γ}.jsonl
 
     @abstractmethod
@@ -60,9 +61,3 @@ def scorer_class(name: str) -> type[Scorer]:
     if name not in _REGISTRY:
         raise UsageError(f"unknown compression method {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def names() -> list[str]:
-    if not _REGISTRY:
-        _discover()
-    return sorted(_REGISTRY)

@@ -46,7 +46,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from tokenskip.errors import UsageError
+from tokenskip.errors import UsageError, first_line
 from tokenskip.prompts import ANSWER_MARKER
 from tokenskip.scorers import CoT, Scorer, register
 
@@ -105,7 +105,7 @@ def check_reference_model(path: str) -> str:
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UsageError(f"could not read a model config from {path} ({reason}); {DOWNLOAD_HINT}") from None
     architectures = config.architectures or []
     if architectures and not any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
@@ -124,6 +124,7 @@ class CTSScorer(Scorer):
 
     name = "cts"
     output_folder = "CTS_Compression"
+    script = "CTS_data_get.py"
 
     def __init__(
         self,

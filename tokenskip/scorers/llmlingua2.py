@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenskip.errors import UsageError
+from tokenskip.errors import UsageError, first_line
 from tokenskip.scorers import CoT, Scorer, register
 
 MAX_SEQ_LEN = 512  # llmlingua's fixed window per chunk, [CLS] and [SEP] included
@@ -96,6 +96,7 @@ class LLMLingua2Scorer(Scorer):
 
     name = "llmlingua2"
     output_folder = "Compression"  # TokenSkip's LLMLingua.py writes its ratio files there
+    script = "LLMLingua.py"
 
     def __init__(
         self,
@@ -376,7 +377,7 @@ def _load(loader, path: Path, what: str, **kwargs):
     try:
         return loader(path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UsageError(f"{path}: cannot load the {what} ({reason})") from None
 
 

@@ -84,6 +84,7 @@ def word_spans(text: str, words: Sequence[str], cursor: int, render) -> tuple[li
 class NERScorer(LLMLingua2Scorer):
     name = "ner"
     output_folder = "NER_Enhanced_Compression"
+    script = "llmlingua_ner.py"
     file_stem = "train_outputs_ner_enhanced_compressed_ratio"  # the hybrid design's file names
 
     def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
