@@ -32,7 +32,7 @@ RATIOS="${RATIOS:-$COMPRESSION_RATIO}"
 BASELINE="${BASELINE:-}"  # "truncation" or "prompt": the paper's baselines on the base model (USE_ADAPTER=0)
 LABEL="${LABEL:-}"        # the runs' name in report.py's tables
 
-args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH" --tokenizer-path "$MODEL_PATH"
+args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
       --max_new_tokens "$MAX_NEW_TOKENS" --eval_batch_size "$EVAL_BATCH_SIZE" --temperature "$TEMPERATURE"
       --seed "$SEED" --benchmark "$BENCHMARK")

@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
 # Stage 2: compress the correct training CoTs at every ratio with METHOD = llmlingua2 | ner | cts.
+# BENCHMARK, OUTPUT_DIR, MODEL_SIZE, MODEL_TYPE, METHOD, RATIOS: see compression_settings in scripts/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 PYTHON="${PYTHON:-$TOOLKIT_PYTHON}"
 
-BENCHMARK="${BENCHMARK:-gsm8k}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
-MODEL_SIZE="${MODEL_SIZE:-7b}"
-MODEL_TYPE="${MODEL_TYPE:-qwen}"
-METHOD="${METHOD:-llmlingua2}"
-RATIOS="${RATIOS:-0.9 0.8 0.7 0.6 0.5}"
+compression_settings
 MAX_COT_TOKENS="${MAX_COT_TOKENS:-500}"
 LLMLINGUA_PATH="${LLMLINGUA_PATH:-$(recorded LLMLINGUA_PATH)}"
 LLMLINGUA_PATH="${LLMLINGUA_PATH:-models/llmlingua-2-xlm-roberta-large-meetingbank}"

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
 # Stage 3: LLaMA-Factory training data from the compressed CoTs, copied into $LLAMAFACTORY_DIR/data/
 # and registered there (the project root by default, whose data/ the training recipes read).
+# BENCHMARK, OUTPUT_DIR, MODEL_SIZE, MODEL_TYPE, METHOD, RATIOS: see compression_settings in scripts/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 PYTHON="${PYTHON:-$TOOLKIT_PYTHON}"
 
-BENCHMARK="${BENCHMARK:-gsm8k}"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
-MODEL_SIZE="${MODEL_SIZE:-7b}"
-MODEL_TYPE="${MODEL_TYPE:-qwen}"
-METHOD="${METHOD:-llmlingua2}"
-RATIOS="${RATIOS:-0.9 0.8 0.7 0.6 0.5}"
+compression_settings
 MIX="${MIX:-sample}"               # sample: one ratio per question (the original); all: every ratio
 LLAMAFACTORY_DIR="${LLAMAFACTORY_DIR:-.}"
 

@@ -178,6 +178,23 @@ def compress_to_files(prepared: PreparedCoTs, scorer: Scorer, ratios: Sequence[f
     return summary
 
 
+def run_stage(predictions: Path, out_folder: Path, *, model_type: str, max_cot_tokens: int,
+              tokenizer_path: str | None, ratios: Sequence[float], make_scorer, scorer_model: str) -> dict:
+    """The whole of a stage-2 script once its input, output and scorer are known: prepare the CoTs,
+    then load the scorer (`make_scorer()`, after the data checks) and write every ratio file."""
+    if max_cot_tokens < 1:
+        raise UsageError("--max-cot-tokens must be positive")
+    if not predictions.is_file():
+        raise UsageError(f"stage-1 predictions not found: {predictions} (it is written by {STAGE1})")
+    count_tokens = token_counter(target_tokenizer_path(predictions, tokenizer_path))
+    prepared = prepare(predictions, model_type=model_type, max_cot_tokens=max_cot_tokens, count_tokens=count_tokens)
+    scorer = make_scorer()
+    print(f"Compressing {len(prepared.records)} CoTs with {scorer.name} ({scorer_model}) on {scorer.device}")
+    summary = compress_to_files(prepared, scorer, ratios, out_folder, count_tokens)
+    print_summary(summary, out_folder)
+    return summary
+
+
 def print_summary(summary: dict, out_folder: Path) -> None:
     dropped = ", ".join(f"{n} {why}" for why, n in summary["dropped"].items()) or "none"
     print(f"{summary['n_predictions']} predictions, {summary['n_correct']} correct, "

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tokenskip import compress, embedded, prompts
 from tokenskip.cli import StageParser
-from tokenskip.errors import UsageError
 from tokenskip.scorers.cts import CTSScorer, check_reference_model
 
 EXAMPLES = """examples:
@@ -70,20 +69,14 @@ def default_output_folder(predictions: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     ratios = chosen_ratios(args.compression_ratio, args.ratios)
-    if args.max_cot_tokens < 1:
-        raise UsageError("--max-cot-tokens must be positive")
     predictions = Path(args.input_data)
-    if not predictions.is_file():
-        raise UsageError(f"stage-1 predictions file not found: {predictions} (it is written by {compress.STAGE1})")
     out_folder = Path(args.output_data) if args.output_data else default_output_folder(predictions)
-    tokenizer_path = compress.target_tokenizer_path(predictions, args.tokenizer_path)
     reference_model = check_reference_model(args.reference_model)
-    count_tokens = compress.token_counter(tokenizer_path)
-    prepared = compress.prepare(predictions, model_type=args.model_type, max_cot_tokens=args.max_cot_tokens,
-                                count_tokens=count_tokens)
-    scorer = CTSScorer(reference_model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                       max_batch_tokens=args.max_batch_tokens)
-    print(f"Scoring {len(prepared.records)} CoTs with {reference_model} on {scorer.device}")
-    summary = compress.compress_to_files(prepared, scorer, ratios, out_folder, count_tokens)
-    compress.print_summary(summary, out_folder)
-    return summary
+
+    def make_scorer():
+        return CTSScorer(reference_model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         max_batch_tokens=args.max_batch_tokens)
+
+    return compress.run_stage(predictions, out_folder, model_type=args.model_type,
+                              max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
+                              make_scorer=make_scorer, scorer_model=reference_model)

@@ -70,8 +70,6 @@ def resolve_llmlingua(path: str) -> str:
 def main_for(method: str, argv: Sequence[str] | None) -> dict:
     args = build_parser(method).parse_args(argv)
     ratios = compress.parse_ratios(args.ratios)
-    if args.max_cot_tokens < 1:
-        raise UsageError("--max-cot-tokens must be positive")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be positive")
     input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
@@ -79,21 +77,18 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
     if not predictions.is_file():
         raise UsageError(f"stage-1 predictions not found: {predictions} (written by {compress.STAGE1} "
                          f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")
-    count_tokens = compress.token_counter(compress.target_tokenizer_path(predictions, args.tokenizer_path))
     llmlingua_path = resolve_llmlingua(args.llmlingua_path)
-    prepared = compress.prepare(predictions, model_type=args.model_type, max_cot_tokens=args.max_cot_tokens,
-                                count_tokens=count_tokens)
-
-    from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE
-
     scorer_type = scorer_class(method)
-    scorer = scorer_type(llmlingua_path, options=OPTIONS_BY_MODEL_TYPE[args.model_type], device=args.device,
-                         dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
-    print(f"Compressing {len(prepared.records)} CoTs with {llmlingua_path} ({method}) on {scorer.device}")
-    out_folder = input_dir / scorer_type.output_folder
-    summary = compress.compress_to_files(prepared, scorer, ratios, out_folder, count_tokens)
-    compress.print_summary(summary, out_folder)
-    return summary
+
+    def make_scorer():
+        from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE
+
+        return scorer_type(llmlingua_path, options=OPTIONS_BY_MODEL_TYPE[args.model_type], device=args.device,
+                           dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
+
+    return compress.run_stage(predictions, input_dir / scorer_type.output_folder, model_type=args.model_type,
+                              max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
+                              make_scorer=make_scorer, scorer_model=llmlingua_path)
 
 
 def llmlingua_main(argv: Sequence[str] | None = None) -> dict:

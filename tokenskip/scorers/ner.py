@@ -13,6 +13,7 @@ fired inside "also", and missed a sentence-initial "Therefore").
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -47,6 +48,7 @@ class Entity:
     boost: float
 
 
+@functools.cache
 def load_spacy():
     import spacy
 
