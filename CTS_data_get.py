@@ -2,7 +2,7 @@
 """Stage 2 with Conditional Token Selection (CTS): compress correct CoTs. See `python CTS_data_get.py --help`."""
 
 from tokenskip.cli import run_cli
-from tokenskip.cts_stage import main
 
 if __name__ == "__main__":
-    run_cli(main)
+    # the stage is imported inside run_cli, so that a missing package is one line, not a traceback
+    run_cli("tokenskip.cts_stage:main")

@@ -2,7 +2,7 @@
 """Stage 3 of TokenSkip (LLaMA-Factory data). See `python copy_to_llamafactory.py --help`."""
 
 from tokenskip.cli import run_cli
-from tokenskip.llamafactory import copy_main
 
 if __name__ == "__main__":
-    run_cli(copy_main)
+    # the stage is imported inside run_cli, so that a missing package is one line, not a traceback
+    run_cli("tokenskip.llamafactory:copy_main")

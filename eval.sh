@@ -27,8 +27,10 @@ SEED="${SEED:-42}"
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
+USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no too, anything else is an error
 COMPRESSION_RATIO="${COMPRESSION_RATIO:-0.5}"
-RATIOS="${RATIOS:-$COMPRESSION_RATIO}"
+RATIOS="${RATIOS-$COMPRESSION_RATIO}"  # `-`, not `:-`: an empty RATIOS is a mistake, refused here
+ratio_list RATIOS "$RATIOS"            # -> RATIO_LIST, or a one-line error
 BASELINE="${BASELINE:-}"  # "truncation" or "prompt": the paper's baselines on the base model (USE_ADAPTER=0)
 LABEL="${LABEL:-}"        # the runs' name in report.py's tables
 
@@ -43,4 +45,4 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
 [ -n "$LABEL" ] && args+=(--label "$LABEL")
 
 # one call for all ratios: the model is loaded once, each ratio gets its own folder
-"$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio $RATIOS
+"$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "${RATIO_LIST[@]}"

@@ -4,7 +4,7 @@ Goals: all 500 MATH-500 solutions with both graders in under 60 s on 2 cores; GS
 primary ("tokenskip") grader at 2,000 items/s or more. Math-Verify's GSM8K throughput is reported
 separately, since it always needs the worker pool.
 
-    .venv/bin/python bench/bench_grading.py [--workers N] [--out /tmp/notes/grading_bench.md]
+    .venv/bin/python bench/bench_grading.py [--workers N] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="folder with gsm8k/ and math-500/")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/notes/grading_bench.md"))
+    # no default file: the results always go to stdout, and to --out only where the user chooses
+    parser.add_argument("--out", type=Path, help="also write the results (markdown) here")
     args = parser.parse_args()
     math500, gsm8k = math500_requests(args.data), gsm8k_requests(args.data)
     lines = []
@@ -107,9 +108,10 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(header + lines) + "\n", encoding="utf-8")
-    print(f"written to {args.out}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(header + lines) + "\n", encoding="utf-8")
+        print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

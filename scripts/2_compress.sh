@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage 2: compress the correct training CoTs at every ratio with METHOD = llmlingua2 | ner | cts.
-# BENCHMARK, OUTPUT_DIR, MODEL_SIZE, MODEL_TYPE, METHOD, RATIOS: see compression_settings in scripts/common.sh.
+# BENCHMARK, OUTPUT_DIR, MODEL_SIZE, MODEL_TYPE, METHOD, RATIOS: see compression_settings in scripts/common.sh
+# (which also checks RATIOS and splits it into RATIO_LIST).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -12,16 +13,17 @@ LLMLINGUA_PATH="${LLMLINGUA_PATH:-$(recorded LLMLINGUA_PATH)}"
 LLMLINGUA_PATH="${LLMLINGUA_PATH:-models/llmlingua-2-xlm-roberta-large-meetingbank}"
 REFERENCE_MODEL="${REFERENCE_MODEL:-$(recorded EMBEDDED_MODEL_PATH)}"   # CTS's causal reference model
 REFERENCE_MODEL="${REFERENCE_MODEL:-models/SmolLM2-135M-Instruct}"
-INPUT_DIR="${OUTPUT_DIR%/}/${MODEL_SIZE}"
+INPUT_DIR="$(layout_path model-dir --output-dir "$OUTPUT_DIR" --model-size "$MODEL_SIZE")"
 
 case "$METHOD" in
     llmlingua2|ner)
         script=$([ "$METHOD" = ner ] && echo llmlingua_ner.py || echo LLMLingua.py)
         "$PYTHON" "$script" --input-dir "$INPUT_DIR" --model-type "$MODEL_TYPE" --benchmark "$BENCHMARK" \
-            --llmlingua-path "$LLMLINGUA_PATH" --ratios $RATIOS --max-cot-tokens "$MAX_COT_TOKENS" ;;
+            --llmlingua-path "$LLMLINGUA_PATH" --ratios "${RATIO_LIST[@]}" --max-cot-tokens "$MAX_COT_TOKENS" ;;
     cts)
-        "$PYTHON" CTS_data_get.py --input_data "$INPUT_DIR/Original/train/samples/predictions.jsonl" \
-            --reference_model "$REFERENCE_MODEL" --model-type "$MODEL_TYPE" --ratios $RATIOS \
+        predictions="$(layout_path stage1-predictions --output-dir "$OUTPUT_DIR" --model-size "$MODEL_SIZE")"
+        "$PYTHON" CTS_data_get.py --input_data "$predictions" \
+            --reference_model "$REFERENCE_MODEL" --model-type "$MODEL_TYPE" --ratios "${RATIO_LIST[@]}" \
             --max-cot-tokens "$MAX_COT_TOKENS" ;;
     *) echo "error: METHOD must be llmlingua2, ner or cts, not '$METHOD'" >&2; exit 2 ;;
 esac

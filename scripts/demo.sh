@@ -17,7 +17,9 @@ EVAL_RATIOS="${EVAL_RATIOS:-0.9 0.8 0.7 0.6 0.5}"
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten training
 export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
 export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
-RUN_DIR="${OUTPUT_DIR}135m"
+# the outputs tree's paths come from tokenskip/layout.py, the one place that defines them
+layout_of_run() { layout_path "$1" --output-dir "$OUTPUT_DIR" --model-size "$MODEL_SIZE" "${@:2}"; }
+RUN_DIR="$(layout_of_run model-dir)"
 step() { printf '\n=== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "model: the embedded SmolLM2-135M-Instruct"
@@ -37,7 +39,7 @@ REFERENCE_MODEL="$MODEL_PATH" bash scripts/2_compress.sh
 
 step "stage 3: LLaMA-Factory training data"
 mkdir -p "$DEMO_DIR/llamafactory/data"
-LLAMAFACTORY_DIR="$DEMO_DIR/llamafactory" MIX=all bash scripts/3_convert.sh
+LLAMAFACTORY_DIR="$DEMO_DIR/llamafactory" MIX=all OVERWRITE=1 bash scripts/3_convert.sh  # the demo's own folder
 
 step "stage 4: LoRA SFT with llamafactory-cli on the CPU recipe"
 ADAPTER="$DEMO_DIR/adapter"
@@ -59,8 +61,8 @@ USE_ADAPTER=0 BASELINE=prompt RATIOS="$EVAL_RATIOS" bash eval.sh
 step "report"
 "$PYTHON" report.py "$DEMO_DIR"
 printf '\nfinished in %dm%02ds; where everything went:\n' $((SECONDS / 60)) $((SECONDS % 60))
-printf '  stage-1 CoTs      %s\n' "$RUN_DIR/Original/train/samples/"
-printf '  compressed CoTs   %s\n' "$RUN_DIR/$( [ "$METHOD" = cts ] && echo CTS_Compression || echo Compression )/"
+printf '  stage-1 CoTs      %s\n' "$(layout_of_run stage1-samples)/"
+printf '  compressed CoTs   %s\n' "$(layout_of_run compression-dir --method "$METHOD")/"
 printf '  training data     %s\n' "$DEMO_DIR/llamafactory/data/"
 printf '  adapter           %s\n' "$ADAPTER/"
 printf '  evaluations       %s\n' "$RUN_DIR/{Original/test,TokenSkip/<γ>,Truncation/<γ>,PromptReduction/<γ>}/samples/"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the shared data folder beside the checkout, as CI lays it out; TOKENSKIP_DATA_DIR names it for the
+# product code (which knows no path of any one machine), so runs without --data-path find it too
+SHARED_DATA = Path(os.environ.get("TOKENSKIP_DATA_DIR") or ROOT.parent / "shared" / "data")
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("TOKENSKIP_DATA_DIR", str(SHARED_DATA))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

@@ -58,3 +58,78 @@ def test_a_missing_module_of_our_own_is_a_bug_not_a_user_error():
 
     with pytest.raises(ModuleNotFoundError):
         run_cli(broken, [])
+
+
+# --- a Python without the project's packages ----------------------------------------------------
+# eval.sh and the stage scripts fall back to a bare `python3` when .venv is absent. `-S` gives the
+# same interpreter here: no site-packages at all (neither the venv's nor the system's), while the
+# scripts still find tokenskip/ next to them.
+
+def bare_invocation(script: str, tmp_path) -> tuple[list[str], str | None]:
+    """A real command line for `script` (one that imports its stage and goes to work) and the line
+    expected on stderr: a missing package's message, or None where the stage needs only the stdlib."""
+    tree = tmp_path / "o" / "7b"
+    (tree / "Original" / "test" / "samples").mkdir(parents=True)
+    (tree / "Original" / "test" / "samples" / "metrics.json").write_text(
+        '{"accuracy": 0.5, "avg_cot_length": 10.0, "sample_latency": 1.0, "n_samples": 2}')
+    (tmp_path / "lf" / "data").mkdir(parents=True)
+    (tmp_path / "lf" / "data" / "dataset_info.json").write_text("{}")
+    (tmp_path / "lf" / "data" / "registered.json").write_text("[]")
+    (tmp_path / "train.json").write_text("[]")
+    (tmp_path / "predictions.jsonl").write_text('{"id": "1"}\n')
+    missing = "is not installed in"
+    return {
+        "evaluation.py": (["--model-path", str(tmp_path / "m"), "--data-path", "datasets/sample/test.jsonl",
+                          "--output-dir", str(tmp_path / "e")], missing),
+        "LLMLingua.py": (["--input-dir", str(tree)], missing),
+        "llmlingua_ner.py": (["--input-dir", str(tree)], missing),
+        "CTS_data_get.py": (["--input_data", str(tmp_path / "predictions.jsonl"), "--reference_model",
+                             str(tmp_path / "m")], missing),
+        "get_llamafactory_input.py": (["--input-dir", str(tree)], missing),
+        "copy_to_llamafactory.py": (["--llamafactory-dir", str(tmp_path / "lf"), "--source-file",
+                                     str(tmp_path / "train.json")], None),
+        "register_dataset.py": (["--llamafactory-dir", str(tmp_path / "lf"), "--dataset-file", "registered.json"],
+                                None),
+        "download_models.py": (["--embedded", "--base-dir", str(tmp_path / "models")], missing),
+        "report.py": ([str(tmp_path / "o")], missing),
+    }[script]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_bare_interpreter_gets_one_line_naming_the_missing_package(script, tmp_path):
+    args, expected = bare_invocation(script, tmp_path)
+    result = run("-S", script, *args)
+    assert "Traceback" not in result.stderr, result.stderr
+    if expected is None:  # a stage that needs only the standard library just works
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: the package '") and expected in line and "make setup" in line
+
+
+def test_run_cli_imports_a_stage_named_by_its_module(tmp_path, monkeypatch, capsys):
+    """`run_cli("module:function")` imports the stage inside the guard, so an import-time failure is caught."""
+    from tokenskip.cli import run_cli
+
+    (tmp_path / "stage_needing_a_package.py").write_text("import no_such_package_xyz\n\ndef main(argv):\n    pass\n")
+    (tmp_path / "stage_fine.py").write_text("CALLS = []\n\ndef main(argv):\n    CALLS.append(argv)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("stage_needing_a_package:main", [])
+    assert exit_info.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: the package 'no_such_package_xyz' is not installed")
+    run_cli("stage_fine:main", ["--x"])
+    import stage_fine
+
+    assert stage_fine.CALLS == [["--x"]]
+
+
+def test_every_entry_script_names_its_stage_lazily():
+    """An entry script that imports its stage at the top escapes run_cli's guard (see the test above)."""
+    for script in SCRIPTS:
+        text = (ROOT / script).read_text()
+        assert "from tokenskip.cli import run_cli" in text
+        imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+        assert imports == ["from tokenskip.cli import run_cli"], (script, imports)

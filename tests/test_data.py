@@ -83,10 +83,11 @@ def test_shared_gsm8k_and_math500_load():
     assert math500[0].extra["level"] in range(1, 6)
 
 
-def test_default_files_are_found_in_datasets_then_beside_the_checkout(tmp_path, monkeypatch):
+def test_default_files_are_found_in_datasets_then_in_the_shared_data_dir(tmp_path, monkeypatch):
     project, shared = tmp_path / "project", tmp_path / "shared" / "data" / "gsm8k"
     (project / "datasets" / "gsm8k").mkdir(parents=True)
     shared.mkdir(parents=True)
+    monkeypatch.setenv("TOKENSKIP_DATA_DIR", str(shared.parent))
     write_jsonl(shared / "test.jsonl", [{"question": "shared?", "answer": "#### 1"}])
     monkeypatch.chdir(project)
     [example] = load_examples("gsm8k", "test")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -269,6 +270,52 @@ def test_embedded_writes_its_path_without_the_hub(tmp_path, monkeypatch):
     assert expected in (tmp_path / "paths.env").read_text()
 
 
+# --- a base dir that cannot be written ------------------------------------------------------------
+
+def unwritable(tmp_path, how: str) -> Path:
+    if how == "under a file":
+        (tmp_path / "a-file").write_text("")
+        return tmp_path / "a-file" / "models"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    return folder / "models"
+
+
+@pytest.mark.parametrize("how", ["under a file", "read-only"])
+def test_embedded_refuses_an_unwritable_base_dir_before_any_work(tmp_path, monkeypatch, how):
+    base = unwritable(tmp_path, how)
+    monkeypatch.setattr(download.embedded, "gguf_path", lambda: pytest.fail("checked only after extracting"))
+    with pytest.raises(UsageError, match=rf"cannot write in {re.escape(str(base))}.*choose another --base-dir"):
+        main(["--embedded", "--base-dir", str(base)])
+    with pytest.raises(UsageError, match=rf"cannot write in {re.escape(str(base))}"):
+        download.embedded.materialize(base)  # called directly, as the test fixtures do
+
+
+def test_hub_download_refuses_an_unwritable_base_dir_before_asking_the_hub(tmp_path, monkeypatch):
+    base = unwritable(tmp_path, "under a file")
+    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("checked only after the hub"))
+    no_hub(monkeypatch)
+    with pytest.raises(UsageError, match=re.escape(f"cannot write in {base}: {tmp_path / 'a-file'} is a file")):
+        main(["--qwen-only", "--base-dir", str(base)])
+
+
+def test_embedded_model_folder_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    (tmp_path / download.embedded.NAME).write_text("")
+    monkeypatch.setattr(download.embedded, "gguf_path", lambda: pytest.fail("checked only after extracting"))
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / download.embedded.NAME} is a file")):
+        main(["--embedded", "--base-dir", str(tmp_path)])
+
+
+def test_unwritable_base_dir_is_one_line_from_the_script_at_once(tmp_path):
+    base = unwritable(tmp_path, "under a file")
+    result = run_script("--embedded", "--base-dir", str(base), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot write in {base}") and "--base-dir" in line
+
+
 # --- datasets -----------------------------------------------------------------------------------
 
 HUB_ROWS = {
@@ -298,3 +345,12 @@ def test_datasets_are_written_in_the_format_evaluation_reads(tmp_path, monkeypat
     assert load_examples("math", "test")[0].extra["unique_id"] == "test/algebra/1.json"
     assert load_examples("math", "train")[0].answer == "\\frac12"
     assert not (tmp_path / "models" / "paths.env").exists()
+
+
+def test_a_second_download_into_the_same_folder_is_refused(tmp_path, monkeypatch):
+    from tokenskip.locking import FolderLock
+
+    monkeypatch.setattr(download.embedded, "materialize", lambda base: pytest.fail("ran beside another download"))
+    with FolderLock(tmp_path), pytest.raises(UsageError, match=f"in use by another run \\(pid {os.getpid()}"):
+        main(["--embedded", "--base-dir", str(tmp_path)])
+    assert not (tmp_path / "paths.env").exists()

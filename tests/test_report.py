@@ -92,3 +92,66 @@ def test_runs_on_the_same_spot_share_one_label():
     spots = report.label_spots(rows, rows)
     assert [ratios for _, ratios in spots] == [["0.9", "0.8"], ["0.7"], ["0.5"]]
     assert spots[0][0] == (51.4, 25.0)
+
+
+def interrupt(root: Path, relative: str, predictions: int, data_type: str = "test") -> None:
+    """A run evaluation.py started and did not finish: settings and some predictions, no metrics.json."""
+    folder = root / relative / "samples"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"data_type": data_type, "compression_ratio": 0.7}))
+    lines = [json.dumps({"id": str(i)}) for i in range(predictions)]
+    (folder / "predictions.jsonl").write_text("".join(line + "\n" for line in lines) + '{"id": "torn')
+
+
+@pytest.fixture()
+def interrupted(tree) -> Path:
+    interrupt(tree / "Qwen2.5-7B-Instruct" / "gsm8k" / "7b", "TokenSkip/0.7", 3)
+    interrupt(tree / "other" / "gsm8k" / "3b", "Original/test", 0)  # a group with no finished run
+    interrupt(tree / "smol" / "math" / "135m", "TokenSkip/0.7/train", 5, data_type="train")  # not a table row
+    return tree
+
+
+def test_unfinished_runs_are_listed_after_the_tables(interrupted, capsys):
+    tables = report.main([str(interrupted)])
+    out = capsys.readouterr().out
+    expected = ["unfinished runs (not in the tables):",
+                "- Qwen2.5-7B-Instruct/gsm8k/7b/TokenSkip/0.7/samples (3 predictions)",
+                "- other/gsm8k/3b/Original/test/samples (0 predictions)"]
+    for text in (out, (interrupted / "results.md").read_text()):
+        lines = text.splitlines()
+        start = lines.index(expected[0])
+        assert lines[start:start + 3] == expected
+        assert all(line.startswith("## ") is False for line in lines[start:])  # after every table
+        assert "train" not in "\n".join(lines[start:start + 3])
+    _, rows = rows_by(tables, "Qwen2.5-7B-Instruct")
+    assert len(rows) == 3  # the unfinished run is not a row
+
+
+def test_unfinished_runs_in_json(interrupted):
+    result = subprocess.run([sys.executable, str(ROOT / "report.py"), str(interrupted), "--format", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    tables = {table["title"]: table for table in json.loads(result.stdout)}
+    assert tables["Qwen2.5-7B-Instruct / gsm8k / 7b"]["unfinished"] == [
+        {"path": "Qwen2.5-7B-Instruct/gsm8k/7b/TokenSkip/0.7/samples", "predictions": 3}]
+    assert tables["other / gsm8k / 3b"] == {"title": "other / gsm8k / 3b", "benchmark": "gsm8k", "rows": [],
+                                            "original": None, "unfinished": [
+                                                {"path": "other/gsm8k/3b/Original/test/samples", "predictions": 0}]}
+    assert tables["smol / math / 135m"]["unfinished"] == []
+
+
+def test_only_unfinished_runs_is_a_one_line_error_naming_them(tmp_path):
+    interrupt(tmp_path / "7b", "TokenSkip/0.5", 2)
+    pattern = r"no metrics.json under .*unfinished.*7b/TokenSkip/0.5/samples \(2 predictions\)"
+    with pytest.raises(UsageError, match=pattern):
+        report.main([str(tmp_path)])
+
+
+def test_runs_are_placed_by_the_layout_module(tmp_path):
+    """Old metrics (no method, no γ) under a γ-tagged base-model folder are the tag's row, not a second original."""
+    put(tmp_path / "7b", "Original/test", n_samples=10, accuracy=0.5, avg_cot_length=100.0, sample_latency=1.0)
+    put(tmp_path / "7b", "Original/test/ratio_0.5", n_samples=10, accuracy=0.4, avg_cot_length=80.0,
+        sample_latency=1.0)
+    [table] = report.main([str(tmp_path)])
+    assert [(row.method, row.ratio) for row in table.rows] == [("Original", 1.0), ("Base model + γ tag", 0.5)]
+    assert table.rows[1].accuracy_change == pytest.approx(-10.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -31,9 +32,17 @@ class StageParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run a stage's `main`, turning user errors into a one-line message and exit code 2."""
+def run_cli(main: str | Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
+    """Run a stage's `main`, turning user errors into a one-line message and exit code 2.
+
+    `main` is best given as "module:function" (the entry scripts do): the stage is then imported
+    here, inside the guard, so that a Python lacking a package the stage imports at its top (a
+    bare `python3` where .venv is missing) gets the one-line message rather than a traceback.
+    """
     try:
+        if isinstance(main, str):
+            module, _, function = main.partition(":")
+            main = getattr(importlib.import_module(module), function)
         main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,9 @@ ending in `#### 72`), TokenSkip's own (`question`, `answer`, `cot`, `id`) and MA
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -39,22 +42,39 @@ class Example:
 
 
 # Where a benchmark file is looked for when --data-path is not given, in order (then the hub):
-# the project's datasets/, and a shared data folder beside the checkout, as on multi-user machines.
-DATA_ROOTS = (Path("datasets"), Path("..") / "shared" / "data")
+# the project's datasets/, then the folder named by $TOKENSKIP_DATA_DIR (a shared data folder on a
+# multi-user machine; the tests and CI set it). No machine's own paths are written here.
+DATA_DIR_VARIABLE = "TOKENSKIP_DATA_DIR"
 
 
-def default_path(benchmark: str, split: str, root: str | Path = DATA_ROOTS[0]) -> Path:
+def data_roots() -> tuple[Path, ...]:
+    shared = os.environ.get(DATA_DIR_VARIABLE)
+    return (Path("datasets"), *([Path(shared).expanduser()] if shared else []))
+
+
+def default_path(benchmark: str, split: str, root: str | Path = "datasets") -> Path:
     return Path(root) / DATASET_DIRS[benchmark] / f"{split}.jsonl"
 
 
 def data_source(benchmark: str, split: str, data_path: str | Path | None = None) -> str:
-    """The file a run reads (`data_path`, else the first local default that exists), else the hub name."""
+    """The file a run reads (`data_path`, else the first local default that exists), as an absolute
+    path so that one file named two ways is one source; else the hub name."""
     if data_path is not None:
-        return str(data_path)
-    for root in DATA_ROOTS:
+        return str(Path(data_path).resolve())
+    for root in data_roots():
         if default_path(benchmark, split, root).is_file():
-            return str(default_path(benchmark, split, root))
+            return str(default_path(benchmark, split, root).resolve())
     return f"hub:{HUB_SOURCES[benchmark, split][0]}"
+
+
+def content_hash(examples: list[Example]) -> str:
+    """A fingerprint of what a run reads (ids, questions, gold answers), whatever file or hub it came
+    from: a dataset edited in place changes it, a copy elsewhere does not."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.id, example.question, example.answer], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def gsm8k_final_answer(text: str) -> str:
@@ -106,7 +126,7 @@ def to_example(record: dict, *, index: int, benchmark: str, split: str, where: s
 
 
 def load_examples(benchmark: str, split: str, data_path: str | Path | None = None) -> list[Example]:
-    """Load a benchmark split from `data_path`, a local default file (DATA_ROOTS), or the hub, in that order."""
+    """Load a benchmark split from `data_path`, a local default file (`data_roots()`), or the hub, in that order."""
     if data_path is not None and not Path(data_path).is_file():
         raise UsageError(f"--data-path {data_path} does not exist")
     source = data_source(benchmark, split, data_path)
@@ -143,9 +163,9 @@ def _load_from_hub(benchmark: str, split: str, local_path: Path) -> tuple[list[d
 
 def subsample(examples: list[Example], max_num: int | None, seed: int) -> list[Example]:
     """The same subset the original script drew (`random.seed(seed); random.sample(data, k)`), in file order."""
-    if not max_num or max_num >= len(examples):
+    if max_num is not None and max_num <= 0:  # 0 once meant "all", silently
+        raise UsageError(f"--max_num_examples must be positive (leave it out for the whole dataset), got {max_num}")
+    if max_num is None or max_num >= len(examples):
         return examples
-    if max_num < 0:
-        raise UsageError(f"--max_num_examples must be positive, got {max_num}")
     picked = random.Random(seed).sample(range(len(examples)), max_num)
     return [examples[i] for i in sorted(picked)]

@@ -38,6 +38,7 @@ from tokenskip.cli import StageParser
 from tokenskip.data import HUB_SOURCES, default_path
 from tokenskip.errors import UsageError, first_line
 from tokenskip.jsonio import atomic_writer, write_jsonl_atomic
+from tokenskip.locking import FolderLock
 
 T = TypeVar("T")
 GB = 10**9
@@ -241,6 +242,22 @@ def status_of(item: Item) -> str:
     if item.kind == "model" and (partial_dir(item).exists() or item.target.exists()):
         return "partial, resumes"
     return "to fetch"
+
+
+def check_writable(items: list[Item], base_dir: Path) -> None:
+    """Refuse a folder that cannot be written (a path through a file, a read-only folder) before the
+    hub is asked or the embedded model extracted, rather than with a traceback after the work."""
+    fix = "choose another --base-dir"
+    for item in items:
+        if is_complete(item):
+            continue
+        if item.target.exists() and not item.target.is_dir() and item.kind != "dataset":
+            raise UsageError(f"{item.target} is a file, not a model folder: move it away, or {fix}")
+        # datasets go to datasets/ under the current folder, whatever --base-dir says
+        where = fix if item.kind != "dataset" else "run download_models.py from the project root"
+        embedded.check_writable(item.target.parent, where)
+    if any(item.env_key for item in items):  # paths.env is written there even when all is present
+        embedded.check_writable(base_dir, fix)
 
 
 def check_disk_space(base_dir: Path, needed: int) -> None:
@@ -485,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         dry_run(items, args)
         return
 
+    check_writable(items, base)
     if constants.HF_HUB_OFFLINE and any(item.kind != "embedded" and not is_complete(item) for item in items):
         raise UsageError(OFFLINE_MODE)
     size_from_hub(items, args, retries=args.retries)
@@ -493,14 +511,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_disk_space(base, needed)
 
     env_path = base / ENV_FILE
-    for number, item in enumerate(items, start=1):
-        if is_complete(item):
-            print(f"[{number}/{len(items)}] {item.label()} -> {item.target}: already present")
-        else:
-            print(f"[{number}/{len(items)}] {item.label()} -> {item.target} ({item.size_label()})", flush=True)
-            fetch(item, args)
-        if item.env_key:
-            update_paths_env(env_path, {item.env_key: str(item.target.resolve())})
+    with FolderLock(base):  # two downloads into one models folder would write the same files
+        for number, item in enumerate(items, start=1):
+            if is_complete(item):
+                print(f"[{number}/{len(items)}] {item.label()} -> {item.target}: already present")
+            else:
+                print(f"[{number}/{len(items)}] {item.label()} -> {item.target} ({item.size_label()})", flush=True)
+                fetch(item, args)
+            if item.env_key:
+                update_paths_env(env_path, {item.env_key: str(item.target.resolve())})
 
     print("done:")
     for item in items:

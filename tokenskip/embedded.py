@@ -37,6 +37,24 @@ def default_dir(base_dir: str | Path = "models") -> Path:
     return Path(base_dir) / NAME
 
 
+def check_writable(folder: str | Path, fix: str) -> None:
+    """Refuse, in one line ending with `fix`, a folder that cannot be created or written: a path
+    through a file, a read-only folder. Called before the work that writes there (the GGUF
+    extraction takes half a minute), which would otherwise end in a traceback. Creates nothing:
+    it probes the folder, or the nearest ancestor that exists, with a temporary file."""
+    folder = Path(folder)
+    probe = folder.absolute()
+    while not probe.exists():  # False too for a path through a file
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write in {folder}: {probe} is a file, not a folder; {fix}")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write in {folder}: {probe} is not writable ({exc.strerror}); {fix}") from None
+
+
 def is_materialized(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _FILES_OF_A_SAVED_MODEL)
 
@@ -46,6 +64,9 @@ def materialize(base_dir: str | Path = "models") -> Path:
     target = default_dir(base_dir)
     if is_materialized(target):
         return target
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{target} is a file, not the model's folder: move it away, or choose another base folder")
+    check_writable(target.parent, "choose another base folder")
     source = gguf_path()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,21 +8,22 @@ length and latency. Runs are resumable: every finished question is appended to
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
 from tokenskip import data, layout, prompts
-from tokenskip.backends import BACKENDS, Backend, DecodingSettings, choose_backend
+from tokenskip.backends import BACKENDS, Backend, choose_backend, create_backend
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
 from tokenskip.grading import GRADERS, Grader, GradeRequest
 from tokenskip.jsonio import AppendLog, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from tokenskip.layout import GENERATION_LOG, METRICS, PREDICTIONS, RUN_SETTINGS
+from tokenskip.locking import FolderLock
 from tokenskip.metrics import summarize
 
 EXAMPLES = """examples:
@@ -39,10 +40,7 @@ EXAMPLES = """examples:
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
 BASELINES = ("truncation", "prompt")
-PREDICTIONS = "predictions.jsonl"
-METRICS = "metrics.json"
-RUN_SETTINGS = "run.json"
-GENERATION_LOG = "generation_log.jsonl"
+OVERLONG = ("warn", "skip", "truncate")
 
 
 def build_parser() -> StageParser:
@@ -64,7 +62,7 @@ def build_parser() -> StageParser:
     add("--data-type", choices=data.SPLITS, default="test", help="train collects CoTs; test measures")
     add("--data-path", default=None,
         help="a local jsonl; default datasets/{gsm8k|math-500}/{split}.jsonl, else the same under "
-             "../shared/data/, else the Hugging Face hub")
+             "$TOKENSKIP_DATA_DIR/, else the Hugging Face hub")
     add("--use_vllm", action="store_true", help="same as --backend vllm")
     add("--backend", choices=BACKENDS, default="auto",
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf)")
@@ -86,8 +84,88 @@ def build_parser() -> StageParser:
     add("--grader", choices=sorted(GRADERS), default="tokenskip", help="primary grader; the other is reported too")
     add("--grading-timeout", type=float, default=5.0, help="seconds allowed for one answer-equivalence check")
     add("--regrade", metavar="PATH", default=None,
-        help="re-grade an existing predictions.jsonl (or the run folder holding it) in place; no model needed")
+        help="re-grade an existing predictions.jsonl (or the run folder holding it); no model needed. A run's own "
+             "file is regraded in place with its metrics.json; any other file gets {name}.regraded.jsonl and "
+             "{name}.regraded.metrics.json beside it")
+    add("--overlong", choices=OVERLONG, default="warn",
+        help="prompts that leave no room for --max_new_tokens in the model's context: warn (count them and run "
+             "them as they are), skip them (left out of the run and counted), or truncate them (keep their last "
+             "tokens)")
     return parser
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything one evaluation.py call was asked to do, checked once and never changed afterwards.
+
+    `at(ratio)` gives the same call at one ratio, which is what each run folder is made from.
+    """
+
+    output_dir: str
+    model_path: str
+    tokenizer_path: str | None
+    adapter_path: str | None  # set only with --use_adapter
+    model_size: str
+    model_type: str
+    ratios: tuple[float, ...]
+    benchmark: str
+    data_type: str
+    data_path: str | None
+    backend: str
+    max_num_examples: int | None
+    max_new_tokens: int
+    eval_batch_size: int
+    temperature: float
+    seed: int
+    tensor_parallel_size: int | None
+    device: str
+    dtype: str
+    baseline: str | None
+    label: str | None
+    grader: str
+    grading_timeout: float
+    regrade: str | None
+    overlong: str
+
+    @classmethod
+    def from_args(cls, args) -> EvalConfig:
+        for ratio in args.compression_ratio:
+            if not 0.0 < ratio <= 1.0:
+                raise UsageError(f"--compression_ratio must be in (0, 1], got {ratio}")
+        if args.max_new_tokens <= 0:
+            raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
+        if args.eval_batch_size <= 0:
+            raise UsageError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
+        if args.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+        if args.max_num_examples is not None and args.max_num_examples <= 0:
+            raise UsageError(f"--max_num_examples must be positive (leave it out for the whole dataset), "
+                             f"got {args.max_num_examples}")
+        if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
+            raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
+                             "drop --use_adapter and pass --compression_ratio values < 1")
+        if args.use_adapter and not args.adapter_path:
+            raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
+        values = {field.name: getattr(args, field.name) for field in fields(cls)
+                  if field.name not in ("ratios", "adapter_path", "backend")}
+        return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
+                   adapter_path=args.adapter_path if args.use_adapter else None,
+                   backend="vllm" if args.use_vllm else args.backend)
+
+    @property
+    def method(self) -> str:
+        """The run folder's method (a layout.RUN_FOLDERS key, or "ratio-tag") at its ratio."""
+        if self.baseline:
+            return self.baseline
+        return "tokenskip" if self.adapter_path else "original"
+
+    def at(self, ratio: float) -> EvalConfig:
+        return replace(self, ratios=(ratio,))
+
+    @property
+    def ratio(self) -> float:
+        [ratio] = self.ratios  # only for a config made by at()
+        return ratio
 
 
 @dataclass(frozen=True)
@@ -103,80 +181,64 @@ class RunSettings:
     benchmark: str
     data_type: str
     data_source: str
+    data_sha256: str
     max_num_examples: int | None
     max_new_tokens: int
     temperature: float
     top_p: float
     seed: int
+    overlong: str
 
 
-def run_dir(args) -> Path:
+# Settings added after runs were already made: an older run.json without them is taken to have used
+# the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
+LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn"}
+
+
+def run_dir(config: EvalConfig) -> Path:
     """The original layout; train-split adapter runs and γ-tagged base runs get their own folder."""
-    root = Path(args.output_dir) / args.model_size
-    ratio = prompts.ratio_tag(args.compression_ratio)
-    if args.baseline or args.use_adapter:
-        folder = root / layout.RUN_FOLDERS[args.baseline or "tokenskip"] / ratio
-        return folder / "train" if args.data_type == "train" else folder
-    folder = root / layout.RUN_FOLDERS["original"] / args.data_type
-    return folder if args.compression_ratio == 1.0 else folder / f"ratio_{ratio}"
+    return layout.run_dir(layout.model_dir(config.output_dir, config.model_size), method=config.method,
+                          ratio=config.ratio, data_type=config.data_type)
 
 
-def validate(args) -> None:
-    for ratio in args.compression_ratio:
-        if not 0.0 < ratio <= 1.0:
-            raise UsageError(f"--compression_ratio must be in (0, 1], got {ratio}")
-    if args.max_new_tokens <= 0:
-        raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
-    if args.eval_batch_size <= 0:
-        raise UsageError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.use_vllm:
-        args.backend = "vllm"
-    if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
-        raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
-                         "drop --use_adapter and pass --compression_ratio values < 1")
-
-
-def original_run_metrics(args) -> dict:
+def original_run_metrics(config: EvalConfig) -> dict:
     """The base model's run on the same split, whose mean CoT length the truncation budget scales."""
-    original = Path(args.output_dir) / args.model_size / layout.RUN_FOLDERS["original"]
-    path = original / args.data_type / "samples" / METRICS
+    path = layout.original_samples(layout.model_dir(config.output_dir, config.model_size), config.data_type) / METRICS
     if not path.exists():
         raise UsageError(f"--baseline truncation needs the base model's run first ({path} is missing): "
                          "run evaluation.py with the same --output-dir and --model-size, without --baseline")
     return read_json(path)
 
 
-def effective_max_new_tokens(args) -> int:
-    if args.baseline == "truncation":
-        return max(1, round(args.compression_ratio * original_run_metrics(args)["avg_cot_length"]))
+def effective_max_new_tokens(config: EvalConfig) -> int:
+    if config.baseline == "truncation":
+        return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
     # The original scaled MATH's budget by γ for adapter runs; kept, but as an integer.
-    if args.benchmark == "math" and args.use_adapter:
-        return max(1, int(round(args.max_new_tokens * args.compression_ratio)))
-    return args.max_new_tokens
+    if config.benchmark == "math" and config.adapter_path:
+        return max(1, int(round(config.max_new_tokens * config.ratio)))
+    return config.max_new_tokens
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Evaluate at every ratio asked for, loading the model once; returns each run's metrics."""
-    args = build_parser().parse_args(argv)
-    validate(args)
-    if args.regrade:
-        return [regrade(Path(args.regrade), primary=args.grader, timeout=args.grading_timeout)]
+    config = EvalConfig.from_args(build_parser().parse_args(argv))
+    if config.regrade:
+        return [regrade(Path(config.regrade), primary=config.grader, timeout=config.grading_timeout)]
 
-    from tokenskip.modeling import check_adapter, load_tokenizer, resolve_model_path
+    from tokenskip.modeling import check_adapter, context_length, load_tokenizer, resolve_model_path
 
-    model_path = resolve_model_path(args.model_path)
-    tokenizer_path = resolve_model_path(args.tokenizer_path, "--tokenizer-path") if args.tokenizer_path else model_path
-    adapter_config = check_adapter(args.adapter_path) if args.use_adapter else None
-    args.backend = choose_backend(args.backend)
-    examples = data.load_examples(args.benchmark, args.data_type, args.data_path)
-    examples = data.subsample(examples, args.max_num_examples, args.seed)
+    model_path = resolve_model_path(config.model_path)
+    tokenizer_path = (resolve_model_path(config.tokenizer_path, "--tokenizer-path") if config.tokenizer_path
+                      else model_path)
+    adapter_config = check_adapter(config.adapter_path) if config.adapter_path else None
+    config = replace(config, backend=choose_backend(config.backend))
+    examples = data.load_examples(config.benchmark, config.data_type, config.data_path)
+    data_sha256 = data.content_hash(examples)
+    examples = data.subsample(examples, config.max_num_examples, config.seed)
     tokenizer = load_tokenizer(tokenizer_path)
-    shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config)
-    ratios = list(dict.fromkeys(args.compression_ratio))
-    return [evaluate_ratio(argparse.Namespace(**{**vars(args), "compression_ratio": ratio}), examples, shared)
-            for ratio in ratios]
+    shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config, data_sha256,
+                         context_length(model_path))
+    return [evaluate_ratio(config.at(ratio), examples, shared) for ratio in config.ratios]
 
 
 @dataclass
@@ -187,37 +249,46 @@ class SharedModel:
     tokenizer_path: str
     tokenizer: object
     adapter_config: dict | None
+    data_sha256: str
+    context_length: int | None
     backend: Backend | None = None
 
 
-def evaluate_ratio(args, examples: list[data.Example], shared: SharedModel) -> dict:
-    """One run: one ratio, one folder, resumable."""
+def evaluate_ratio(config: EvalConfig, examples: list[data.Example], shared: SharedModel) -> dict:
+    """One run: one ratio, one folder, resumable; the folder is locked while the run writes it."""
+    samples_dir = layout.samples_dir(run_dir(config))
+    with FolderLock(samples_dir):
+        return _evaluate_locked(config, examples, shared, samples_dir)
+
+
+def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: SharedModel, samples_dir: Path) -> dict:
     settings = RunSettings(
-        model_path=shared.model_path, tokenizer_path=shared.tokenizer_path,
-        adapter_path=args.adapter_path if args.use_adapter else None, model_type=args.model_type,
-        compression_ratio=args.compression_ratio, baseline=args.baseline, benchmark=args.benchmark,
-        data_type=args.data_type,
-        data_source=data.data_source(args.benchmark, args.data_type, args.data_path),
-        max_num_examples=args.max_num_examples, max_new_tokens=effective_max_new_tokens(args),
-        temperature=args.temperature, top_p=1.0, seed=args.seed,
+        model_path=shared.model_path, tokenizer_path=shared.tokenizer_path, adapter_path=config.adapter_path,
+        model_type=config.model_type, compression_ratio=config.ratio, baseline=config.baseline,
+        benchmark=config.benchmark, data_type=config.data_type,
+        data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
+        data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
+        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=1.0,
+        seed=config.seed, overlong=config.overlong,
     )
-    samples_dir = run_dir(args) / "samples"
     claim_run_folder(samples_dir, settings)
 
     tokenizer = shared.tokenizer
     # baselines run the base model, which knows no ratio tag
-    tagged_ratio = 1.0 if args.baseline else args.compression_ratio
-    request = prompts.reduction_request(args.compression_ratio) if args.baseline == "prompt" else ""
+    tagged_ratio = 1.0 if config.baseline else config.ratio
+    request = prompts.reduction_request(config.ratio) if config.baseline == "prompt" else ""
     prompt_of = {
         example.id: prompts.build_prompt(
-            example.question, model_type=args.model_type, ratio=tagged_ratio,
+            example.question, model_type=config.model_type, ratio=tagged_ratio,
             bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
         )
         for example in examples
     }
-    print(f"Evaluating {shared.model_path} on {args.benchmark}/{args.data_type} ({len(examples)} questions)"
-          + (f" with adapter {args.adapter_path}, γ={args.compression_ratio}" if args.use_adapter else "")
-          + (f", {args.baseline} baseline at γ={args.compression_ratio}" if args.baseline else ""))
+    examples, skipped = fit_context(examples, prompt_of, tokenizer, shared.context_length, settings.max_new_tokens,
+                                    config.overlong)
+    print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions)"
+          + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
+          + (f", {config.baseline} baseline at γ={config.ratio}" if config.baseline else ""))
 
     with AppendLog(samples_dir / PREDICTIONS) as log, AppendLog(samples_dir / GENERATION_LOG) as timing:
         done = {record["id"] for record in log.records}
@@ -227,12 +298,12 @@ def evaluate_ratio(args, examples: list[data.Example], shared: SharedModel) -> d
                              "use another --output-dir or delete that folder")
         if len(done) < len(examples):
             if shared.backend is None:
-                shared.backend = create_backend(args, settings, tokenizer, shared.adapter_config)
+                shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
             backend = shared.backend
             run_file = samples_dir / RUN_SETTINGS
             write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name})
-            with Grader(primary=args.grader, timeout=args.grading_timeout) as grader:
-                generate_pending(examples, prompt_of, backend, grader, log, timing, args, settings.max_new_tokens)
+            with Grader(primary=config.grader, timeout=config.grading_timeout) as grader:
+                generate_pending(examples, prompt_of, backend, grader, log, timing, config, settings.max_new_tokens)
             backend_name = backend.name
         else:
             backend_name = read_json(samples_dir / RUN_SETTINGS)["backend"]
@@ -242,26 +313,71 @@ def evaluate_ratio(args, examples: list[data.Example], shared: SharedModel) -> d
     by_id = {record["id"]: record for record in records}
     ordered = [by_id[example.id] for example in examples]
     write_jsonl_atomic(samples_dir / PREDICTIONS, ordered)
-    metrics = summarize(ordered, primary=args.grader,
+    metrics = summarize(ordered, primary=config.grader,
                         total_seconds=sum(t["seconds"] for t in timings),
                         total_tokens=sum(t["tokens"] for t in timings))
-    metrics.update(run_description(settings, args, backend_name))
+    metrics.update(run_description(settings, config, backend_name))
+    metrics["n_skipped_overlong"] = len(skipped)
     write_json_atomic(samples_dir / METRICS, metrics)
-    print_summary(metrics, samples_dir)
+    print_summary(metrics, samples_dir / PREDICTIONS, samples_dir / METRICS)
     return metrics
 
 
+def fit_context(examples: list[data.Example], prompt_of: dict[str, str], tokenizer, context: int | None,
+                max_new_tokens: int, policy: str) -> tuple[list[data.Example], list[str]]:
+    """Find the prompts that leave no room for `max_new_tokens` in the model's context and apply
+    `policy` to them: warn and keep them, skip them (returned apart), or cut them to their last tokens
+    (`prompt_of` is updated). Without this a long prompt runs for minutes and ends in garbage."""
+    if not context:
+        return examples, []
+    room = context - max_new_tokens
+    lengths = {example.id: len(tokenizer(prompt_of[example.id], add_special_tokens=False).input_ids)
+               for example in examples}
+    overlong = [example.id for example in examples if lengths[example.id] > room]
+    if not overlong:
+        return examples, []
+    worst = max(lengths[i] for i in overlong)
+    what = (f"{len(overlong)} of {len(examples)} prompts leave no room for {max_new_tokens} new tokens in the "
+            f"model's {context}-token context (longest prompt: {worst} tokens)")
+    if policy == "warn":
+        print(f"warning: {what}; they run as they are (--overlong skip or truncate to change that)")
+        return examples, []
+    if room <= 0:
+        raise UsageError(f"--max_new_tokens {max_new_tokens} fills the model's whole {context}-token context; lower it")
+    if policy == "skip":
+        if len(overlong) == len(examples):
+            raise UsageError(f"every prompt is too long: {what}; lower --max_new_tokens or use --overlong truncate")
+        print(f"warning: {what}; skipped (--overlong skip)")
+        return [example for example in examples if example.id not in set(overlong)], overlong
+    for example_id in overlong:
+        ids = tokenizer(prompt_of[example_id], add_special_tokens=False).input_ids
+        prompt_of[example_id] = tokenizer.decode(ids[-room:])
+    print(f"warning: {what}; each was cut to its last {room} tokens (--overlong truncate)")
+    return examples, []
+
+
 def claim_run_folder(samples_dir: Path, settings: RunSettings) -> None:
-    """Record the run's settings, or check that a folder being resumed was made with the same ones."""
+    """Record the run's settings, or check that a folder being resumed was made with the same ones
+    (and from the same data: a dataset edited in place would otherwise pass old results off as new)."""
     path = samples_dir / RUN_SETTINGS
     wanted = asdict(settings)
     if path.exists():
         found = read_json(path)
-        changed = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
+        for key, legacy in LEGACY_SETTINGS.items():
+            if key not in found and legacy is not None:
+                found[key] = legacy
+        unrecorded = [key for key in wanted if key not in found and key in LEGACY_SETTINGS]
+        changed = {key: (found.get(key), value) for key, value in wanted.items()
+                   if key not in unrecorded and not _same_setting(key, found.get(key), value)}
+        if "data_sha256" in changed:
+            raise UsageError(f"the dataset {settings.data_source} changed since {samples_dir} was made from it "
+                             "(its questions or answers differ); use another --output-dir or delete that folder")
         if changed:
             diff = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
             raise UsageError(f"{samples_dir} holds a run with other settings ({diff}); "
                              "use another --output-dir or delete that folder")
+        if unrecorded:
+            write_json_atomic(path, {**found, **{key: wanted[key] for key in unrecorded}})
         return
     if (samples_dir / PREDICTIONS).exists():
         raise UsageError(f"{samples_dir / PREDICTIONS} exists but was not written by this toolkit's run; "
@@ -269,27 +385,10 @@ def claim_run_folder(samples_dir: Path, settings: RunSettings) -> None:
     write_json_atomic(path, {**wanted, "backend": None})
 
 
-def create_backend(args, settings: RunSettings, tokenizer, adapter_config: dict | None) -> Backend:
-    decoding = DecodingSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                top_p=settings.top_p, seed=settings.seed)
-    if args.backend == "vllm":
-        import torch
-
-        from tokenskip.backends.vllm import VLLMBackend
-
-        tensor_parallel = args.tensor_parallel_size or max(1, torch.cuda.device_count())
-        backend = VLLMBackend(settings.model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
-                              dtype=args.dtype, adapter_path=settings.adapter_path,
-                              adapter_rank=(adapter_config or {}).get("r", 8))
-    else:
-        from tokenskip.backends.hf import HFBackend
-        from tokenskip.modeling import resolve_device, resolve_dtype
-
-        device = resolve_device(args.device)
-        backend = HFBackend(settings.model_path, tokenizer, settings=decoding, batch_size=args.eval_batch_size,
-                            device=device, dtype=resolve_dtype(args.dtype, device),
-                            adapter_path=settings.adapter_path)
-    return backend
+def _same_setting(key: str, old, new) -> bool:
+    if key == "data_source" and isinstance(old, str) and not old.startswith("hub:"):
+        return Path(old).resolve() == Path(new).resolve()  # one file, named relatively or absolutely
+    return old == new
 
 
 def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backend: Backend) -> list[list[data.Example]]:
@@ -305,7 +404,7 @@ def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backen
 
 
 def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log: AppendLog, timing: AppendLog,
-                     args, max_new_tokens: int) -> None:
+                     config: EvalConfig, max_new_tokens: int) -> None:
     done = {record["id"] for record in log.records}
     batches = [batch for batch in plan_batches(examples, prompt_of, backend)
                if any(example.id not in done for example in batch)]
@@ -319,7 +418,7 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
         grades = grader.grade([GradeRequest(question=example.question, model_output=completion.text,
                                             reference=example.answer) for example, completion in new])
         for (example, completion), grade in zip(new, grades):
-            log.append(prediction_record(example, prompt_of[example.id], completion, grade, backend, args))
+            log.append(prediction_record(example, prompt_of[example.id], completion, grade, backend, config))
             done.add(example.id)
         new_tokens = sum(completion.n_tokens for _, completion in new)
         timing.append({"ids": [example.id for example, _ in new], "seconds": elapsed * len(new) / len(batch),
@@ -331,9 +430,10 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
     progress.close()
 
 
-def prediction_record(example: data.Example, prompt: str, completion, grade, backend: Backend, args) -> dict:
+def prediction_record(example: data.Example, prompt: str, completion, grade, backend: Backend,
+                      config: EvalConfig) -> dict:
     record = {
-        "dataset": f"{args.benchmark}-{args.data_type}",
+        "dataset": f"{config.benchmark}-{config.data_type}",
         "id": example.id,
         "messages": [{"role": "user", "content": example.question}, {"role": "assistant", "content": ""}],
         "answer": example.answer,
@@ -346,6 +446,7 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "accuracy": grade.correct,
         "grades": grade.verdicts,
         "grade_timeouts": grade.timeouts,
+        "grade_errors": grade.errors,  # a grader that crashed (RecursionError...) on this answer: graded incorrect
     }
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
@@ -359,63 +460,77 @@ def run_method(settings: RunSettings) -> str:
     return "original" if settings.compression_ratio == 1.0 else "ratio-tag"
 
 
-def run_description(settings: RunSettings, args, backend_name: str) -> dict:
+def run_description(settings: RunSettings, config: EvalConfig, backend_name: str) -> dict:
     return {
         "method": run_method(settings),
-        "label": args.label,
+        "label": config.label,
         "compression_ratio": settings.compression_ratio,
         "use_adapter": settings.adapter_path is not None,
         "model_path": settings.model_path,
         "adapter_path": settings.adapter_path,
         "model_type": settings.model_type,
-        "model_size": args.model_size,
+        "model_size": config.model_size,
         "benchmark": settings.benchmark,
         "data_type": settings.data_type,
         "backend": backend_name,
         "decoding": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                     "top_p": settings.top_p, "seed": settings.seed, "eval_batch_size": args.eval_batch_size},
+                     "top_p": settings.top_p, "seed": settings.seed, "eval_batch_size": config.eval_batch_size},
     }
 
 
-def print_summary(metrics: dict, samples_dir: Path) -> None:
+def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
     print(f"accuracy {metrics['accuracy'] * 100:.2f}% ({metrics['grader']}), "
           f"{metrics.get('second_grader', 'second grader')} "
           f"{metrics.get('second_grader_accuracy', math.nan) * 100:.2f}% "
           f"({metrics.get('grader_disagreements', 0)} disagreements), "
           f"avg CoT {metrics['avg_cot_length']:.1f} tokens, invalid {metrics['n_invalid']}, "
           f"latency {metrics['sample_latency'] or 0:.3f} s/sample")
-    print(f"wrote {samples_dir / PREDICTIONS} and {samples_dir / METRICS}")
+    print(f"wrote {predictions} and {metrics_path}")
 
 
 def regrade(path: Path, *, primary: str, timeout: float) -> dict:
-    """Grade an existing run again with the current grader; rewrite its files atomically."""
-    predictions = path / "samples" / PREDICTIONS if path.is_dir() and (path / "samples").is_dir() else (
-        path / PREDICTIONS if path.is_dir() else path)
-    records = read_jsonl(predictions, what="predictions file", made_by="evaluation.py")
-    if not records:
-        raise UsageError(f"{predictions} is empty: nothing to regrade")
-    for line_no, record in enumerate(records, start=1):
-        missing = [key for key in ("messages", "model_output", "answer") if key not in record]
-        if missing:
-            raise UsageError(f"{predictions}:{line_no}: record lacks {', '.join(missing)}; is this a predictions file?")
-    with Grader(primary=primary, timeout=timeout) as grader:
-        grades = grader.grade([GradeRequest(question=record["messages"][0]["content"],
-                                            model_output=record["model_output"], reference=str(record["answer"]))
-                               for record in tqdm(records, desc="regrading", unit="q")])
-    for record, grade in zip(records, grades):
-        record.update(prediction=grade.prediction, accuracy=grade.correct, grades=grade.verdicts,
-                      grade_timeouts=grade.timeouts)
-    write_jsonl_atomic(predictions, records)
-    metrics_path = predictions.parent / METRICS
-    previous = read_json(metrics_path) if metrics_path.exists() else {}
-    timings_path = predictions.parent / GENERATION_LOG
-    timings = read_jsonl(timings_path) if timings_path.exists() else []
-    metrics = summarize(records, primary=primary,
-                        total_seconds=sum(t["seconds"] for t in timings) if timings else None,
-                        total_tokens=sum(t["tokens"] for t in timings) if timings else None)
-    if not timings:  # keep the speed numbers of the run that made the file
-        for key in ("sample_latency", "tokens_per_second"):
-            metrics[key] = previous.get(key)
-    write_json_atomic(metrics_path, {**previous, **metrics})
-    print_summary(metrics, predictions.parent)
+    """Grade existing predictions again with the current graders.
+
+    A run's own predictions.jsonl (run.json beside it) is rewritten in place with its metrics.json,
+    under the run folder's lock. Any other file (stage 2's predictions_correct.jsonl, a file received
+    from someone else) is never replaced, and neither are the metrics of the run it sits in: the
+    results go to `{name}.regraded.jsonl` and `{name}.regraded.metrics.json` beside it.
+    """
+    predictions = layout.run_predictions(path)
+    in_place = layout.is_run_predictions(predictions)
+    with FolderLock(predictions.parent):
+        records = read_jsonl(predictions, what="predictions file", made_by="evaluation.py")
+        if not records:
+            raise UsageError(f"{predictions} is empty: nothing to regrade")
+        for line_no, record in enumerate(records, start=1):
+            missing = [key for key in ("messages", "model_output", "answer") if key not in record]
+            if missing:
+                raise UsageError(f"{predictions}:{line_no}: record lacks {', '.join(missing)}; "
+                                 "is this a predictions file?")
+        with Grader(primary=primary, timeout=timeout) as grader:
+            grades = grader.grade([GradeRequest(question=record["messages"][0]["content"],
+                                                model_output=record["model_output"], reference=str(record["answer"]))
+                                   for record in tqdm(records, desc="regrading", unit="q")])
+        for record, grade in zip(records, grades):
+            record.update(prediction=grade.prediction, accuracy=grade.correct, grades=grade.verdicts,
+                          grade_timeouts=grade.timeouts, grade_errors=grade.errors)
+        if in_place:
+            out_predictions, metrics_path = predictions, predictions.parent / METRICS
+            previous = read_json(metrics_path) if metrics_path.exists() else {}
+            timings_path = predictions.parent / GENERATION_LOG
+            timings = read_jsonl(timings_path) if timings_path.exists() else []
+        else:
+            stem = predictions.name.removesuffix(".jsonl")
+            out_predictions = predictions.with_name(f"{stem}.regraded.jsonl")
+            metrics_path = predictions.with_name(f"{stem}.regraded.metrics.json")
+            previous, timings = {"regraded_from": str(predictions)}, []
+        metrics = summarize(records, primary=primary,
+                            total_seconds=sum(t["seconds"] for t in timings) if timings else None,
+                            total_tokens=sum(t["tokens"] for t in timings) if timings else None)
+        if not timings:  # keep the speed numbers of the run that made the file
+            for key in ("sample_latency", "tokens_per_second"):
+                metrics[key] = previous.get(key)
+        write_jsonl_atomic(out_predictions, records)
+        write_json_atomic(metrics_path, {**previous, **metrics})
+    print_summary(metrics, out_predictions, metrics_path)
     return metrics

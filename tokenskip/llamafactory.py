@@ -9,17 +9,25 @@ differs).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
 import random
+import re
 import shutil
+import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from tokenskip import layout, prompts
 from tokenskip.cli import StageParser
-from tokenskip.compress import DEFAULT_RATIOS, parse_ratios, ratio_file
+from tokenskip.compress import DEFAULT_RATIOS, parse_ratios
 from tokenskip.errors import UsageError
-from tokenskip.jsonio import atomic_writer, read_json, read_jsonl, write_json_atomic
+from tokenskip.jsonio import atomic_writer, read_jsonl
+from tokenskip.locking import locked
 from tokenskip.scorers import scorer_class
 
 # LLaMA-Factory's alpaca columns, as the hybrid design registered them
@@ -52,14 +60,16 @@ def training_record(question: str, cot: str, answer, ratio: float, model_type: s
 def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple[list[dict], dict[float, dict]]:
     """The formatted originals and, per ratio, the compressed lines by id; mismatches are errors."""
     scorer = scorer_class(method)
-    formatted_path = layout.stage1_samples(input_dir) / "predictions_formatted.jsonl"
+    # paths come from tokenskip.layout, the one place that knows the outputs tree (stage 2 writes there too)
+    formatted_path = layout.stage1_samples(input_dir) / layout.FORMATTED
     originals = read_jsonl(formatted_path, what="formatted CoTs",
                            made_by=f"the compression stage ({scorer.script})")
-    folder = input_dir / scorer.output_folder
+    folder = layout.compression_dir(input_dir, method)
     compressed: dict[float, dict] = {}
     original_ids = [record["id"] for record in originals]
     for ratio in ratios:
-        path = ratio_file(folder, ratio, scorer.file_stem)
+        # NER's ratio files have their own stem (the hybrid design's names); the scorer says which
+        path = layout.ratio_file(folder, ratio, scorer.file_stem)
         if not path.exists():
             raise UsageError(f"{path} is missing: run {scorer.script} with ratio {ratio} first")
         by_id = {line["id"]: line for line in read_jsonl(path, what="compressed CoTs")}
@@ -96,36 +106,236 @@ def build_records(originals: list[dict], compressed: dict[float, dict], *, model
     return records, per_ratio
 
 
-def copy_to_llamafactory(source: Path, llamafactory_dir: Path, target_name: str | None = None) -> Path:
-    data_dir = _data_dir(llamafactory_dir)
-    if not source.is_file():
-        raise UsageError(f"{source} does not exist: run get_llamafactory_input.py first")
-    target = data_dir / (target_name or source.name)
-    with atomic_writer(target, "wb") as handle, source.open("rb") as original:
-        shutil.copyfileobj(original, handle)
-    return target
+# ---------------------------------------------------------------- installing into a LLaMA-Factory checkout
+#
+# A checkout is often shared: its data/ folder and data/dataset_info.json hold other people's datasets.
+# So nothing is replaced silently (a different file or registry entry under our name is refused unless
+# --overwrite, and then the replaced version is kept under a name no later run reuses), every check
+# happens before the first write (a refusal leaves no trace), and the read-modify-write of the
+# registry holds data/'s lock so that two registrations at once cannot drop one of the entries.
+
+INFO_FILE = "dataset_info.json"
+# how long to wait for a colleague's registration to finish (it takes well under a second; a stage-3
+# run that writes its output file into data/ holds the lock for as long as that write takes)
+LOCK_WAIT_S = 30.0
+OVERWRITE_HELP = ("replace a different file or dataset_info.json entry of the same name in the checkout "
+                  "(the replaced version is kept as NAME.YYYYmmdd-HHMMSS.bak next to it)")
 
 
-def register_dataset(llamafactory_dir: Path, dataset_file: str) -> tuple[str, bool]:
+@dataclass(frozen=True)
+class Written:
+    """One file of the checkout after an install step: whether it changed, and where the version it
+    replaced was kept (None when nothing of someone else's was replaced)."""
+
+    path: Path
+    changed: bool
+    backup: Path | None = None
+
+    def backup_note(self) -> str:
+        return f" (replacing a different version; backup: {self.backup})" if self.backup else ""
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    registry: Written
+
+
+def copy_to_llamafactory(source: Path, llamafactory_dir: Path, target_name: str | None = None, *,
+                         overwrite: bool = False) -> Path:
+    """Copy `source` into DIR/data/; a different file already there is refused unless `overwrite`."""
+    return install(llamafactory_dir, target_name or Path(source).name, source=Path(source), register=False,
+                   overwrite=overwrite)[0].path
+
+
+def register_dataset(llamafactory_dir: Path, dataset_file: str, *, overwrite: bool = False) -> tuple[str, bool]:
     """Add `dataset_file` to DIR/data/dataset_info.json; returns (name, whether the file changed).
 
-    The existing registry is merged into, never replaced; a backup of the previous version is
-    kept next to it; registering the same entry twice changes nothing; a malformed registry is
-    refused untouched.
+    The existing registry is merged into, never replaced, and keeps its formatting; a different entry
+    under the same name is refused unless `overwrite`; registering the same entry twice changes
+    nothing; a malformed registry is refused untouched.
+    """
+    _, registration = install(llamafactory_dir, dataset_file, overwrite=overwrite)
+    return registration.name, registration.registry.changed
+
+
+def install(llamafactory_dir: Path, file_name: str, *, source: Path | None = None, content: bytes | None = None,
+            register: bool = True, overwrite: bool = False, before_writing: Callable[[], None] | None = None,
+            also_lock: Sequence[Path] = ()) -> tuple[Written | None, Registration | None]:
+    """Copy a data file into DIR/data/`file_name` (from `source`, or `content`; neither: it must be
+    there already) and/or register it, all under data/'s lock.
+
+    Every clash is checked before anything is written, so a refusal copies nothing; `before_writing`
+    runs after the checks, under the same locks (with `also_lock`), for a caller's own output file.
     """
     data_dir = _data_dir(llamafactory_dir)
-    info_path = data_dir / "dataset_info.json"
-    info = read_json(info_path, what="dataset_info.json") if info_path.exists() else {}
-    if not isinstance(info, dict):
-        raise UsageError(f"{info_path} is not a JSON object; fix or remove it (nothing was changed)")
-    name = Path(dataset_file).stem
-    entry = {"file_name": Path(dataset_file).name, "columns": DATASET_COLUMNS}
-    if info.get(name) == entry:
-        return name, False
-    if info_path.exists():
-        shutil.copy2(info_path, info_path.with_name("dataset_info.json.bak"))
-    write_json_atomic(info_path, {**info, name: entry})
-    return name, True
+    target = data_dir / file_name
+    name = Path(file_name).stem
+    entry = {"file_name": Path(file_name).name, "columns": DATASET_COLUMNS}
+    info_path = data_dir / INFO_FILE
+    # a symlinked file is written through to its target, whose folder then needs the lock as well
+    folders = {data_dir, _real(info_path).parent, _real(target).parent, *also_lock}
+    with _waiting_for_locks(*folders):
+        if source is not None:
+            if not source.is_file():
+                raise UsageError(f"{source} does not exist: run get_llamafactory_input.py first")
+            content = source.read_bytes()
+        # 1. the checks: nothing is written before all of them pass
+        copy_needed = content is not None and _file_needs_writing(target, content, overwrite)
+        if content is None and register and not target.is_file():
+            raise UsageError(f"{target} does not exist: run copy_to_llamafactory.py first")
+        registry = _Registry.read(info_path) if register else None
+        register_needed = registry is not None and registry.needs(name, entry, overwrite)
+        # 2. the writes
+        if before_writing is not None:
+            before_writing()
+        copied = None
+        if content is not None:
+            copied = _write_file(target, content) if copy_needed else Written(target, False)
+        registration = None
+        if registry is not None:
+            registration = Registration(name, registry.put(name, entry) if register_needed
+                                        else Written(info_path, False))
+    return copied, registration
+
+
+def _file_needs_writing(target: Path, content: bytes, overwrite: bool) -> bool:
+    """False when `target` already holds `content`; a different file there is someone's data: refused
+    unless `overwrite`."""
+    if not target.exists():
+        return True
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; choose another file name")
+    # same size first: reading a large file only to find it differs in length is wasted work
+    if target.stat().st_size == len(content) and target.read_bytes() == content:
+        return False
+    if not overwrite:
+        raise UsageError(f"{target} already exists with different content (another dataset's file?); pass "
+                         "--overwrite to replace it (a backup is kept), or choose another file name")
+    return True
+
+
+def _write_file(target: Path, content: bytes) -> Written:
+    real = _real(target)
+    backup = _keep_backup(real) if real.exists() else None
+    # atomic_writer keeps the replaced file's mode, and gives a new file the umask's (not mkstemp's 0600)
+    with atomic_writer(real, "wb") as handle:
+        handle.write(content)
+    return Written(target, True, backup)
+
+
+@dataclass
+class _Registry:
+    """data/dataset_info.json as read, with the style it is written in, so that rewriting it changes
+    only the lines of the entry we add (a `git diff` in the checkout shows just that)."""
+
+    path: Path  # as seen in data/; may be a symlink
+    info: dict
+    text: str | None  # None: there is no registry yet
+
+    @classmethod
+    def read(cls, path: Path) -> _Registry:
+        if not path.exists():
+            return cls(path, {}, None)
+        text = path.read_text(encoding="utf-8")
+        try:
+            info = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(info, dict):
+            raise UsageError(f"{path} is not a JSON object; fix or remove it (nothing was changed)")
+        return cls(path, info, text)
+
+    def needs(self, name: str, entry: dict, overwrite: bool) -> bool:
+        """Whether `entry` must be written; a different entry under `name` is someone else's dataset."""
+        if self.info.get(name) == entry:
+            return False
+        if name in self.info and not overwrite:
+            shown = json.dumps(self.info[name], ensure_ascii=False)
+            raise UsageError(f"dataset '{name}' is already registered in {self.path} with a different entry "
+                             f"({shown[:200]}); pass --overwrite to replace it (a backup is kept), "
+                             f"or choose another file name")
+        return True
+
+    def put(self, name: str, entry: dict) -> Written:
+        """Write the registry with `entry` under `name` (a replaced entry keeps its position)."""
+        real = _real(self.path)  # write through a symlink instead of replacing the link with a file
+        backup = None
+        if self.text is not None:
+            if name in self.info:  # an entry of someone else's is replaced: keep it for good
+                backup = _keep_backup(real)
+            # the previous version, as before (overwritten next time: only the dated backups are kept for good)
+            shutil.copy2(real, real.with_name(f"{real.name}.bak"))
+        indent, ensure_ascii, newline = _json_style(self.text)
+        with atomic_writer(real) as handle:  # keeps the registry's mode (e.g. group-writable 0664)
+            handle.write(json.dumps({**self.info, name: entry}, indent=indent, ensure_ascii=ensure_ascii))
+            handle.write("\n" if newline else "")
+        return Written(self.path, True, backup)
+
+
+def _json_style(text: str | None) -> tuple[str | None, bool, bool]:
+    """(indent, ensure_ascii, trailing newline) that reproduce `text` when it was written by json.dumps;
+    LLaMA-Factory's own style (indent 2, non-ASCII unescaped, final newline) for a new registry."""
+    if text is None:
+        return "  ", False, True
+    first_key = re.search(r'^([ \t]+)"', text, re.MULTILINE)
+    if first_key:
+        indent = first_key.group(1)
+    elif "\n" in text.strip() or text.strip() in ("{}", ""):
+        indent = "  "  # an empty object says nothing; use LLaMA-Factory's
+    else:
+        indent = None  # everything on one line
+    # escaped non-ASCII characters (\u0080 and up) and no raw ones: it was written with ensure_ascii
+    escaped = re.search(r"\\u(?!00[0-7])[0-9a-fA-F]{4}", text) is not None
+    ensure_ascii = escaped and text.isascii()
+    return indent, ensure_ascii, text.endswith("\n")
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _keep_backup(path: Path) -> Path:
+    """Copy `path` to `path.YYYYmmdd-HHMMSS[-N].bak`, a name no earlier backup has: the name is claimed
+    with O_EXCL, so even two runs in the same second never overwrite each other's backups. copy2
+    keeps the file's mode and times."""
+    stamp = _timestamp()
+    for n in itertools.count():
+        backup = path.with_name(f"{path.name}.{stamp}{f'-{n}' if n else ''}.bak")
+        try:
+            os.close(os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        try:
+            shutil.copy2(path, backup)
+        except BaseException:
+            backup.unlink(missing_ok=True)
+            raise
+        return backup
+    raise AssertionError("unreachable")
+
+
+def _real(path: Path) -> Path:
+    """The file that writing `path` should change: a symlink's target (the link itself stays)."""
+    return path.resolve() if path.is_symlink() else path
+
+
+@contextlib.contextmanager
+def _waiting_for_locks(*folders: Path) -> Iterator[None]:
+    """`locking.locked(*folders)`, waiting up to LOCK_WAIT_S for another holder rather than failing at
+    once: two people registering at the same moment should both succeed, one after the other."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    with contextlib.ExitStack() as stack:
+        while True:
+            try:
+                stack.enter_context(locked(*folders))
+                break
+            except UsageError as exc:
+                # only a held lock is worth waiting for; "cannot write in ..." will not change
+                if "in use" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        yield
 
 
 def _data_dir(llamafactory_dir: Path) -> Path:
@@ -158,6 +368,7 @@ def build_parser() -> StageParser:
         help="default: outputs/mydataset_compressed_{benchmark}_{method}_{model_type}_{SIZE}.json")
     add("--llamafactory-dir", default=None,
         help="also copy the file into DIR/data/ and register it in DIR/data/dataset_info.json")
+    add("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
 
@@ -173,16 +384,40 @@ def main(argv: Sequence[str] | None = None) -> Path:
     originals, compressed = load_aligned(input_dir, args.method, ratios)
     records, per_ratio = build_records(originals, compressed, model_type=args.model_type, mix=args.mix,
                                        seed=args.seed)
-    write_json_atomic(output_file, records, indent=1)
+    content = (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     counts = ", ".join(f"γ={ratio}: {per_ratio[ratio]}" for ratio in [1.0, *ratios])
     print(f"{len(records)} training records from {len(originals)} questions ({counts})")
-    print(f"wrote {output_file}")
-    if args.llamafactory_dir:
-        target = copy_to_llamafactory(output_file, Path(args.llamafactory_dir))
-        name, changed = register_dataset(Path(args.llamafactory_dir), target.name)
-        print(f"copied to {target}; dataset '{name}' {'registered' if changed else 'already registered'} "
-              f"in {target.parent / 'dataset_info.json'}")
+
+    def write_output() -> None:
+        with atomic_writer(output_file, "wb") as handle:
+            handle.write(content)
+        print(f"wrote {output_file}")
+
+    if not args.llamafactory_dir:
+        with _waiting_for_locks(output_file.parent):  # one writer of the output folder at a time
+            write_output()
+        return output_file
+    # The output file is written only once the checkout's clash checks have passed (a refusal writes
+    # nothing), under the locks of both folders. When the output file *is* the file in data/, the
+    # copy step writes it, after keeping a backup of what it replaces.
+    target = Path(args.llamafactory_dir) / "data" / output_file.name
+    same_file = output_file.resolve() == target.resolve()
+    copied, registration = install(Path(args.llamafactory_dir), output_file.name, content=content,
+                                   overwrite=args.overwrite, before_writing=None if same_file else write_output,
+                                   also_lock=[output_file.parent])
+    if same_file:
+        print(f"wrote {output_file}")
+    assert copied is not None and registration is not None
+    print(f"{_copied_line(copied)}; dataset '{registration.name}' "
+          f"{'registered' if registration.registry.changed else 'already registered'} "
+          f"in {registration.registry.path}{registration.registry.backup_note()}")
     return output_file
+
+
+def _copied_line(copied: Written) -> str:
+    if not copied.changed:
+        return f"{copied.path} already holds this data"
+    return f"copied to {copied.path}{copied.backup_note()}"
 
 
 def dataset_file_name(model_size: str) -> str:
@@ -196,10 +431,13 @@ def copy_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory")
     parser.add_argument("--source-file", default=None, help="default: outputs/<the default dataset file name>")
     parser.add_argument("--target-name", default=None, help="file name inside data/ (default: the source's)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     source = Path(args.source_file or Path("outputs") / dataset_file_name(args.model_size))
-    target = copy_to_llamafactory(source, Path(args.llamafactory_dir), args.target_name)
-    print(f"copied {source} to {target}")
+    copied, _ = install(Path(args.llamafactory_dir), args.target_name or source.name, source=source,
+                        register=False, overwrite=args.overwrite)
+    assert copied is not None
+    print(f"{source}: {_copied_line(copied)}")
 
 
 def register_main(argv: Sequence[str] | None = None) -> None:
@@ -207,12 +445,11 @@ def register_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model-size", default="7b", help="names the default dataset file")
     parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory")
     parser.add_argument("--dataset-file", default=None, help="file name inside data/ (default: the standard name)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     args = parser.parse_args(argv)
     dataset_file = args.dataset_file or dataset_file_name(args.model_size)
-    if not (Path(args.llamafactory_dir) / "data" / dataset_file).is_file():
-        _data_dir(Path(args.llamafactory_dir))
-        raise UsageError(f"{Path(args.llamafactory_dir) / 'data' / dataset_file} does not exist: "
-                         "run copy_to_llamafactory.py first")
-    name, changed = register_dataset(Path(args.llamafactory_dir), dataset_file)
-    print(f"dataset '{name}' {'registered' if changed else 'was already registered'}; "
-          f"use `dataset: {name}` in the training recipe")
+    _, registration = install(Path(args.llamafactory_dir), dataset_file, overwrite=args.overwrite)
+    assert registration is not None
+    print(f"dataset '{registration.name}' "
+          f"{'registered' if registration.registry.changed else 'was already registered'}"
+          f"{registration.registry.backup_note()}; use `dataset: {registration.name}` in the training recipe")

@@ -104,3 +104,20 @@ def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = 
 
         model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     return model.to(device).eval()
+
+
+def context_length(path: str) -> int | None:
+    """The model's context window from its config.json (`max_position_embeddings` and kin), or None
+    when the config does not say (or is not local: a hub id is not fetched just for this)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None

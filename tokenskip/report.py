@@ -4,23 +4,24 @@ Rows are grouped by the folder that holds a model's method folders (`{model}/{be
 in the original layout) and compared with that group's original run: accuracy change, actual
 compression ratio (mean CoT tokens / the original's) next to the target γ, and speed-up.
 Metrics written by older scripts, which carry only `accuracy`, `avg_cot_length` and
-`sample_latency`, are placed by their path (`Original/`, `TokenSkip/<γ>/`, ...).
+`sample_latency`, are placed by their path (`Original/`, `TokenSkip/<γ>/`, ...), read back by
+`tokenskip.layout.place`. Runs that were started but never finished (settings, no metrics.json)
+are listed after the tables, so that a missing row is never a silent one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import atomic_writer, read_json
-from tokenskip.layout import RUN_FOLDERS
+from tokenskip.layout import METRICS, PREDICTIONS, RUN_SETTINGS, place
 
-METHOD_FOLDERS = {folder: method for method, folder in RUN_FOLDERS.items()}
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
                 "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
 POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
@@ -41,11 +42,20 @@ class Row:
 
 
 @dataclass
+class Unfinished:
+    """A run evaluation.py started and did not finish (interrupted, or still going): no metrics.json yet."""
+
+    path: str  # its samples folder, relative to the report's root
+    predictions: int  # answers written so far
+
+
+@dataclass
 class Table:
     title: str
     benchmark: str
     rows: list[Row]
     original: str | None  # the label of the row the others are compared with
+    unfinished: list[Unfinished] = field(default_factory=list)  # this group's runs that are not rows yet
 
 
 @dataclass
@@ -62,27 +72,78 @@ def describe(metrics_path: Path) -> Run | None:
     """Where a run belongs (its group folder), its method and γ from its metrics and its place in the layout; None for
     training-split runs, which collect CoTs rather than measure."""
     metrics = read_json(metrics_path)
-    parts = metrics_path.parts
-    folder_index = max((i for i, part in enumerate(parts) if part in METHOD_FOLDERS), default=None)
-    if metrics.get("data_type") == "train" or (folder_index is not None and "train" in parts[folder_index:]):
+    where = place(metrics_path)
+    if metrics.get("data_type") == "train" or (where is not None and where.data_type == "train"):
         return None
-    method = metrics.get("method") or (METHOD_FOLDERS[parts[folder_index]] if folder_index is not None else None)
+    method = metrics.get("method") or (where.method if where else None)
     if method is None:
         return None
     if "compression_ratio" in metrics:
         ratio = float(metrics["compression_ratio"])
+    elif where is not None:
+        ratio = where.ratio
     elif method == "original":
         ratio = 1.0
     else:
-        ratio = float(parts[folder_index + 1])
-    group = Path(*parts[:folder_index]) if folder_index is not None else metrics_path.parent.parent
+        return None  # an old run outside the layout says nothing of its γ
+    group = where.group if where is not None else metrics_path.parent.parent
     label = metrics.get("label") or METHOD_NAMES.get(method, method)
     return Run(group, method, label, ratio, metrics, metrics_path)
 
 
+def unfinished_runs(root: Path) -> dict[Path, list[Unfinished]]:
+    """Per group, the test-split runs with settings (run.json) and no metrics.json: evaluation.py
+    writes metrics.json only once every question is answered, and a resumed run must keep its
+    settings, so a metrics.json always means a finished run and its absence an unfinished one."""
+    found: dict[Path, list[Unfinished]] = {}
+    for settings in sorted(root.rglob(RUN_SETTINGS)):
+        folder = settings.parent
+        if (folder / METRICS).exists():
+            continue
+        where = place(folder / METRICS)
+        data_type = _read_or_empty(settings).get("data_type") or (where.data_type if where else None)
+        if data_type == "train":  # stage 1's CoT collection: never a row of the tables
+            continue
+        group = where.group if where is not None else folder.parent
+        found.setdefault(group, []).append(
+            Unfinished(str(folder.relative_to(root)), _count_records(folder / PREDICTIONS)))
+    return found
+
+
+def _read_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (UsageError, OSError):  # a settings file torn by a crash: still an unfinished run
+        return {}
+
+
+def _count_records(path: Path) -> int:
+    """The complete JSON lines of a predictions file (a kill can leave the last one torn)."""
+    if not path.is_file():
+        return 0
+    count = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                json.loads(line)
+                count += 1
+            except ValueError:
+                pass
+    return count
+
+
+def _listed(runs: Sequence[Unfinished]) -> str:
+    return ", ".join(f"{run.path} ({run.predictions} predictions)" for run in runs)
+
+
 def collect(root: Path) -> list[Table]:
-    files = sorted(root.rglob("metrics.json"))
+    files = sorted(root.rglob(METRICS))
+    unfinished = unfinished_runs(root)
     if not files:
+        waiting = [run for runs in unfinished.values() for run in runs]
+        if waiting:
+            raise UsageError(f"no metrics.json under {root}, only unfinished runs: {_listed(waiting)}; "
+                             "rerun their evaluation to finish them (it resumes)")
         raise UsageError(f"no metrics.json under {root}: run evaluation.py first (or point at its --output-dir)")
     groups: dict[Path, list[Run]] = {}
     for path in files:
@@ -91,7 +152,13 @@ def collect(root: Path) -> list[Table]:
             groups.setdefault(run.group, []).append(run)
     if not groups:
         raise UsageError(f"the runs under {root} are all on the training split; evaluate on --data-type test")
-    return [make_table(group, runs, root) for group, runs in sorted(groups.items())]
+    tables = {group: make_table(group, runs, root) for group, runs in groups.items()}
+    for group, runs in unfinished.items():
+        # a group whose runs are all unfinished gets an empty table, which carries them in the json
+        table = tables.get(group) or Table(_title(group, root, _benchmark_of(group)), _benchmark_of(group), [], None)
+        table.unfinished = runs
+        tables[group] = table
+    return [tables[group] for group in sorted(tables)]
 
 
 def make_table(group: Path, runs: list[Run], root: Path) -> Table:
@@ -119,11 +186,15 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     rows.sort(key=lambda row: (order[row.method], row.method, -row.ratio))
     benchmark = next((run.metrics["benchmark"] for run in runs if run.metrics.get("benchmark")), None) \
         or _benchmark_of(group)
+    return Table(title=_title(group, root, benchmark), benchmark=benchmark, rows=rows, original=original_label)
+
+
+def _title(group: Path, root: Path, benchmark: str) -> str:
     title = " / ".join(group.relative_to(root).parts) if group != root else group.name
     title = title or str(root)
     if benchmark not in title.split(" / "):
         title += f" ({benchmark})"
-    return Table(title=title, benchmark=benchmark, rows=rows, original=original_label)
+    return title
 
 
 def _benchmark_of(group: Path) -> str:
@@ -137,6 +208,8 @@ def _fmt(value: float | None, pattern: str) -> str:
 def markdown(tables: Sequence[Table], plot_name: str | None) -> str:
     lines = ["# Results", ""]
     for table in tables:
+        if not table.rows:  # only unfinished runs: they are listed below
+            continue
         lines += [f"## {table.title}", "",
                   "| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) "
                   "| speed-up | n |",
@@ -151,6 +224,11 @@ def markdown(tables: Sequence[Table], plot_name: str | None) -> str:
               "speed-up = the original's latency per sample / this run's.", ""]
     if plot_name:
         lines += [f"![accuracy vs CoT tokens]({plot_name})", ""]
+    unfinished = [run for table in tables for run in table.unfinished]
+    if unfinished:
+        lines += ["unfinished runs (not in the tables):",
+                  *(f"- {run.path} ({run.predictions} predictions)" for run in unfinished),
+                  "", "Rerun the evaluation of each to finish it: it resumes where it stopped.", ""]
     return "\n".join(lines)
 
 
@@ -191,6 +269,7 @@ def plot(tables: Sequence[Table], path: Path) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tables = [table for table in tables if table.rows]  # a group of unfinished runs has no point yet
     figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), squeeze=False)
     points = 0
     labels = []

@@ -55,3 +55,25 @@ def choose_backend(requested: str) -> str:
     import torch
 
     return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
+
+
+def create_backend(config, settings, tokenizer, adapter_config: dict | None) -> Backend:
+    """The backend `config.backend` names ("vllm" or "hf", after `choose_backend`), loaded with the
+    run's decoding `settings` (an evaluate.RunSettings) and its device and dtype."""
+    decoding = DecodingSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                top_p=settings.top_p, seed=settings.seed)
+    if config.backend == "vllm":
+        import torch
+
+        from tokenskip.backends.vllm import VLLMBackend
+
+        tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
+        return VLLMBackend(settings.model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
+                           dtype=config.dtype, adapter_path=settings.adapter_path,
+                           adapter_rank=(adapter_config or {}).get("r", 8))
+    from tokenskip.backends.hf import HFBackend
+    from tokenskip.modeling import resolve_device, resolve_dtype
+
+    device = resolve_device(config.device)
+    return HFBackend(settings.model_path, tokenizer, settings=decoding, batch_size=config.eval_batch_size,
+                     device=device, dtype=resolve_dtype(config.dtype, device), adapter_path=settings.adapter_path)

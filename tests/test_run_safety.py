@@ -1,0 +1,252 @@
+"""evaluation.py runs that must not lose or mix up results: one writer per run folder, regrading
+that never replaces another run's metrics, datasets edited in place, file permissions, and the
+one-line errors for the remaining bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_evaluation import SAMPLE_TEST, cli_args, read_lines, run_script
+
+from tokenskip import evaluate, jsonio
+from tokenskip.errors import UsageError
+from tokenskip.locking import FolderLock
+
+SAMPLES = Path("tiny") / "Original" / "test" / "samples"
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tiny_lm_dir, tmp_path):
+    with FolderLock(tmp_path / SAMPLES):
+        with pytest.raises(UsageError, match=r"in use by another run \(pid %d on .*: " % os.getpid()):
+            evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    assert not (tmp_path / SAMPLES / "run.json").exists()  # the refused run wrote nothing
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))  # released: it runs
+
+
+def test_two_concurrent_runs_one_works_one_gets_a_one_line_error(tiny_lm_dir, tmp_path):
+    args = cli_args(tiny_lm_dir, tmp_path, "--max_new_tokens", "48", "--eval_batch_size", "1")
+    first = subprocess.Popen([sys.executable, "evaluation.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / SAMPLES / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.05)
+    second = run_script(*args)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    message = one_line_error(second)
+    assert f"pid {first.pid}" in message and "evaluation.py" in message
+    records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
+    questions = len(SAMPLE_TEST.read_text().splitlines())
+    assert len({r["id"] for r in records}) == len(records) == questions  # no work done twice
+    timed = [i for entry in read_lines(tmp_path / SAMPLES / "generation_log.jsonl") for i in entry["ids"]]
+    assert sorted(timed) == sorted(r["id"] for r in records)  # and no time counted twice
+
+
+def test_the_lock_goes_with_a_killed_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tokenskip.locking import FolderLock; "
+                               f"FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UsageError, match=f"pid {holder.pid}"):
+        FolderLock(tmp_path).acquire()
+    holder.kill()  # SIGKILL: no clean-up code runs
+    holder.wait()
+    FolderLock(tmp_path).acquire().release()
+
+
+# ---------------------------------------------------------------- regrade writes next to what it regrades
+
+
+def test_regrading_another_file_leaves_the_run_and_its_metrics_alone(tiny_lm_dir, tmp_path):
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "4"))
+    samples = tmp_path / SAMPLES
+    metrics_before = (samples / "metrics.json").read_bytes()
+    predictions_before = (samples / "predictions.jsonl").read_bytes()
+    subset = samples / "predictions_correct.jsonl"  # what stage 2 writes there: fewer records
+    records = read_lines(samples / "predictions.jsonl")[:2]
+    records[0]["model_output"] = f"The final answer is: $\\boxed{{{records[0]['answer']}}}$"
+    subset.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    result = run_script("--regrade", subset)
+    assert result.returncode == 0, result.stderr
+    assert (samples / "metrics.json").read_bytes() == metrics_before
+    assert (samples / "predictions.jsonl").read_bytes() == predictions_before
+    regraded = read_lines(samples / "predictions_correct.regraded.jsonl")
+    metrics = json.loads((samples / "predictions_correct.regraded.metrics.json").read_text())
+    assert regraded[0]["accuracy"] is True and metrics["n_samples"] == 2
+    assert metrics["regraded_from"] == str(subset)
+    # the message names the files it wrote
+    assert "predictions_correct.regraded.jsonl" in result.stdout
+    assert "predictions_correct.regraded.metrics.json" in result.stdout
+
+
+def test_grader_errors_are_kept_on_the_record(tiny_lm_dir, tmp_path, monkeypatch):
+    from tokenskip import grading
+
+    crash = grading.AnswerGrader(verdict=lambda *a: (_ for _ in ()).throw(RecursionError("too deep")))
+    monkeypatch.setitem(grading.GRADERS, "tokenskip", crash)
+
+    class InProcess:  # the crash must be recorded by the same code that records worker crashes
+        def __init__(self, *a, **k):
+            self.primary = "tokenskip"
+
+        def grade(self, requests):
+            return [grading.Grade(prediction="", correct=False, verdicts={"tokenskip": False},
+                                  errors={"tokenskip": "RecursionError: too deep"}) for _ in requests]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(evaluate, "Grader", InProcess)
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
+    assert len(records) == 2
+    assert all(r["grade_errors"] == {"tokenskip": "RecursionError: too deep"} and not r["accuracy"] for r in records)
+
+
+# ---------------------------------------------------------------- the data a run was made from
+
+
+def copy_of_sample(path: Path, n: int = 6) -> Path:
+    path.write_text("".join(SAMPLE_TEST.read_text().splitlines(keepends=True)[:n]))
+    return path
+
+
+def data_args(model, out, data_path):
+    args = cli_args(model, out)
+    args[args.index("--data-path") + 1] = str(data_path)
+    return args
+
+
+def test_a_dataset_edited_in_place_is_noticed(tiny_lm_dir, tmp_path):
+    dataset = copy_of_sample(tmp_path / "data.jsonl")
+    evaluate.main(data_args(tiny_lm_dir, tmp_path / "out", dataset))
+    run = json.loads((tmp_path / "out" / SAMPLES / "run.json").read_text())
+    assert len(run["data_sha256"]) == 64 and run["data_source"] == str(dataset.resolve())
+    lines = dataset.read_text().splitlines(keepends=True)
+    record = json.loads(lines[0])
+    record["answer"] = record["answer"].rsplit("####", 1)[0] + "#### 999999"
+    dataset.write_text(json.dumps(record) + "\n" + "".join(lines[1:]))
+    with pytest.raises(UsageError, match="changed since"):
+        evaluate.main(data_args(tiny_lm_dir, tmp_path / "out", dataset))
+
+
+def test_one_file_named_relatively_or_absolutely_is_one_dataset(tiny_lm_dir, tmp_path, monkeypatch):
+    dataset = copy_of_sample(tmp_path / "data.jsonl")
+    [first] = evaluate.main(data_args(tiny_lm_dir, tmp_path / "out", dataset))
+    monkeypatch.chdir(tmp_path)
+    [again] = evaluate.main(data_args(tiny_lm_dir, tmp_path / "out", Path("data.jsonl")))
+    assert again == first
+
+
+def test_a_run_made_before_data_hashes_still_resumes_and_gets_one(tiny_lm_dir, tmp_path):
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    run_file = tmp_path / SAMPLES / "run.json"
+    old = json.loads(run_file.read_text())
+    sha = old.pop("data_sha256")
+    old.pop("overlong")
+    old["data_source"] = os.path.relpath(old["data_source"])  # older runs recorded the path as given
+    run_file.write_text(json.dumps(old))
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    assert json.loads(run_file.read_text())["data_sha256"] == sha
+
+
+# ---------------------------------------------------------------- permissions
+
+
+def test_outputs_are_readable_by_others_under_umask_022(tiny_lm_dir, tmp_path):
+    old = os.umask(0o022)
+    try:
+        evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    finally:
+        os.umask(old)
+    for name in ("predictions.jsonl", "metrics.json", "run.json", "generation_log.jsonl"):
+        assert stat.S_IMODE((tmp_path / SAMPLES / name).stat().st_mode) == 0o644, name
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "shared.json"
+    path.write_text("{}")
+    path.chmod(0o664)
+    jsonio.write_json_atomic(path, {"a": 1})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664 and json.loads(path.read_text()) == {"a": 1}
+    old = os.umask(0o027)
+    try:
+        jsonio.write_json_atomic(tmp_path / "new.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+
+
+# ---------------------------------------------------------------- one-line errors
+
+
+def test_max_num_examples_zero_is_refused(tiny_lm_dir, tmp_path):
+    message = one_line_error(run_script(*cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "0")))
+    assert "--max_num_examples must be positive" in message
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_a_one_line_error(tiny_lm_dir, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    message = one_line_error(run_script(*cli_args(tiny_lm_dir, tmp_path / "out", "--max_num_examples", "1")))
+    assert "out" in message and (tmp_path / "out").read_text() == "not a folder"
+
+
+@pytest.fixture(scope="module")
+def short_context_model(tiny_lm_dir, tmp_path_factory) -> Path:
+    """The tiny model with a 70-token context: with 8 new tokens, the 63-token prompts among the first
+    four sample questions (60 and 63 tokens) overflow it."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("short-context")
+    shutil.copytree(tiny_lm_dir, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 70}))
+    return folder
+
+
+def test_overlong_prompts_are_counted_and_skipped_or_cut_on_request(short_context_model, tmp_path, capsys):
+    [warned] = evaluate.main(cli_args(short_context_model, tmp_path / "warn", "--max_num_examples", "4"))
+    out = capsys.readouterr().out
+    assert "warning: 2 of 4 prompts leave no room for 8 new tokens in the model's 70-token context" in out
+    assert warned["n_samples"] == 4 and warned["n_skipped_overlong"] == 0
+
+    [skipped] = evaluate.main(cli_args(short_context_model, tmp_path / "skip", "--max_num_examples", "4",
+                                       "--overlong", "skip"))
+    assert skipped["n_samples"] == 2 and skipped["n_skipped_overlong"] == 2
+    [cut] = evaluate.main(cli_args(short_context_model, tmp_path / "cut", "--max_num_examples", "4",
+                                   "--overlong", "truncate"))
+    from tokenskip.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(short_context_model))
+    records = read_lines(tmp_path / "cut" / SAMPLES / "predictions.jsonl")
+    assert cut["n_samples"] == 4
+    assert all(len(tokenizer(r["prompt"], add_special_tokens=False).input_ids) <= 62 for r in records)
+
+
+def test_skipping_every_prompt_is_an_error_not_an_empty_run(short_context_model, tmp_path):
+    with pytest.raises(UsageError, match="every prompt"):
+        evaluate.main(cli_args(short_context_model, tmp_path, "--max_num_examples", "4", "--overlong", "skip",
+                               "--max_new_tokens", "20"))
