@@ -23,6 +23,7 @@ if [ "$BENCHMARK" = "math" ]; then MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-1024}"; els
 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
 TEMPERATURE="${TEMPERATURE:-0.0}"
 SEED="${SEED:-42}"
+LATENCY_PROBE="${LATENCY_PROBE:-0}"  # N > 0: time the first N questions one at a time (per-request latency)
 
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
@@ -43,6 +44,7 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
 [ "$USE_ADAPTER" = 1 ] && args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
 [ -n "$BASELINE" ] && args+=(--baseline "$BASELINE")
 [ -n "$LABEL" ] && args+=(--label "$LABEL")
+[ "$LATENCY_PROBE" != 0 ] && args+=(--latency-probe "$LATENCY_PROBE")
 
 # one call for all ratios: the model is loaded once, each ratio gets its own folder
 "$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "${RATIO_LIST[@]}"

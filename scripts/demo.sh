@@ -14,6 +14,9 @@ TEST_QUESTIONS="${TEST_QUESTIONS:-32}"      # stage 5: sample test questions per
 STAGE1_TOKENS="${STAGE1_TOKENS:-128}"       # generation budget when collecting CoTs
 EVAL_TOKENS="${EVAL_TOKENS:-128}"           # generation budget when evaluating
 EVAL_RATIOS="${EVAL_RATIOS:-0.9 0.8 0.7 0.6 0.5}"
+# per-request latency: every evaluation times its first N questions one at a time (a batch's wall
+# time cannot show that shorter answers finish sooner)
+export LATENCY_PROBE="${LATENCY_PROBE:-8}"
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten training
 export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
 export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"

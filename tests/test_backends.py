@@ -140,3 +140,25 @@ def test_cpu_attention_and_cache_change_no_output(tiny_lm_dir):
         expected = reference.generate(**batch, generation_config=backend.generation_config)
     for completion, row in zip(backend.generate(prompts), expected[:, batch.input_ids.shape[1]:].tolist()):
         assert completion.text == backend._completion(row).text
+
+
+def test_vllm_request_timings_and_finish_reason_reach_the_completions(monkeypatch):
+    from tokenskip.backends.vllm import VLLMBackend, request_latency
+
+    ns = types.SimpleNamespace
+    timed = ns(outputs=[ns(text="a", token_ids=[1, 2], finish_reason="stop")],
+               metrics=ns(arrival_time=100.0, first_token_time=100.5, finished_time=102.25))
+    capped = ns(outputs=[ns(text="b", token_ids=[1] * 8, finish_reason="length")],
+                metrics=ns(arrival_time=100.0, first_token_time=100.5, finished_time=None, last_token_time=103.0))
+    untimed = ns(outputs=[ns(text="c", token_ids=[1], finish_reason="stop")], metrics=None)
+    assert request_latency(timed) == 2.25 and request_latency(capped) == 3.0 and request_latency(untimed) is None
+
+    backend = VLLMBackend.__new__(VLLMBackend)  # no engine: generate() only needs these
+    backend.tokenizer = lambda text, add_special_tokens: ns(input_ids=[1])
+    backend.settings = ns(max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+    backend.make_sampling_params = lambda **kwargs: kwargs
+    backend.stop_ids, backend.lora_request = [0], None
+    backend.llm = ns(generate=lambda inputs, params, lora_request, use_tqdm: [timed, capped, untimed])
+    completions = backend.generate(["x", "y", "z"])
+    assert [c.latency_s for c in completions] == [2.25, 3.0, None]
+    assert [c.capped for c in completions] == [False, True, False]

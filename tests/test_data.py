@@ -99,6 +99,7 @@ def test_default_files_are_found_in_datasets_then_in_the_shared_data_dir(tmp_pat
 
 def test_absent_default_file_without_hub_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOKENSKIP_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

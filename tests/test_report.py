@@ -155,3 +155,15 @@ def test_runs_are_placed_by_the_layout_module(tmp_path):
     [table] = report.main([str(tmp_path)])
     assert [(row.method, row.ratio) for row in table.rows] == [("Original", 1.0), ("Base model + γ tag", 0.5)]
     assert table.rows[1].accuracy_change == pytest.approx(-10.0)
+
+
+def test_old_tree_gets_the_adherence_plot_and_latency_basis(tree):
+    from PIL import Image
+
+    tables = report.main([str(tree)])
+    _, rows = rows_by(tables, "Qwen2.5-7B-Instruct")
+    assert rows[("TokenSkip", 0.5)].latency_basis == "batch"  # no request_latency in old metrics
+    assert rows[("TokenSkip", 0.5)].ratio_vs_self is None  # no predictions.jsonl to pair questions on
+    # on the means' ratio: TokenSkip 0.9 and 0.5 of the old tree, Truncation and TokenSkip-CTS at 0.5 of the new
+    assert Image.open(tree / "results_adherence.png").text[report.POINTS_KEY] == "4"
+    assert "![actual vs target ratio](results_adherence.png)" in (tree / "results.md").read_text()

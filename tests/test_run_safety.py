@@ -250,3 +250,70 @@ def test_skipping_every_prompt_is_an_error_not_an_empty_run(short_context_model,
     with pytest.raises(UsageError, match="every prompt"):
         evaluate.main(cli_args(short_context_model, tmp_path, "--max_num_examples", "4", "--overlong", "skip",
                                "--max_new_tokens", "20"))
+
+
+# ---------------------------------------------------------------- per-request latency and capped outputs
+
+
+def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, monkeypatch):
+    calls = []
+    create = evaluate.create_backend
+
+    def recording(*args):
+        backend = create(*args)
+        generate = backend.generate
+        backend.generate = lambda prompts, budget=None: calls.append(len(prompts)) or generate(prompts, budget)
+        return backend
+
+    monkeypatch.setattr(evaluate, "create_backend", recording)
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
+    records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
+    probed = [r for r in records if "latency_s" in r]
+    assert [r["id"] for r in probed] == [r["id"] for r in records[:3]]  # the first three, in dataset order
+    assert all(r["latency_s"] > 0 and r["latency_source"] == "probe" for r in probed)
+    assert calls[-4:] == [1, 1, 1, 1]  # one warm-up, then each probed question alone
+    latency = metrics["request_latency"]
+    assert latency["n"] == 3 and latency["mean"] == pytest.approx(sum(r["latency_s"] for r in probed) / 3)
+    assert latency["p50"] == sorted(r["latency_s"] for r in probed)[1]
+    assert metrics["latency_probe"] == 3
+
+    # rerun of the finished, probed run: nothing is generated or probed again
+    monkeypatch.setattr(evaluate, "create_backend", lambda *a: pytest.fail("a probed run loaded a model"))
+    [again] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
+    assert again["request_latency"] == latency
+
+
+def test_outputs_that_hit_the_token_cap_are_counted(tiny_lm_dir, tmp_path):
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "4"))
+    records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
+    # a random model rarely emits a stop token within 8 tokens: those outputs are capped
+    assert all(r["capped"] == (r["output_tokens"] == 8) for r in records)
+    assert metrics["n_capped"] == sum(r["capped"] for r in records)
+    middle = sorted(r["cot_length"] for r in records)[1:3]
+    assert metrics["median_cot_length"] == sum(middle) / 2
+    assert metrics["request_latency"] is None  # no probe, no per-request timings on the hf backend
+
+
+# ---------------------------------------------------------------- k samples per question
+
+
+def test_k_samples_per_question_are_items_of_their_own_and_resume(tiny_lm_dir, tmp_path):
+    args = cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3", "--n_samples", "3", "--temperature", "1.0")
+    [metrics] = evaluate.main(args)
+    predictions = tmp_path / SAMPLES / "predictions.jsonl"
+    records = read_lines(predictions)
+    assert len(records) == 9 and metrics["n_samples"] == 9 and metrics["n_questions"] == 3
+    assert [r["sample"] for r in records] == [0, 1, 2] * 3
+    assert all(r["id"] == f"{r['question_id']}/{r['sample']}" for r in records)
+    assert len({r["model_output"] for r in records}) > 3  # sampled: the copies of a question differ
+    assert metrics["pass@1"] == metrics["accuracy"] and len(metrics["pass@1_per_sample"]) == 3
+    # killed after 5 of 9: the rerun makes the same 9
+    predictions.write_text("".join(line + "\n" for line in predictions.read_text().splitlines()[:5]))
+    (tmp_path / SAMPLES / "metrics.json").unlink()
+    evaluate.main(args)
+    assert read_lines(predictions) == records
+
+
+def test_k_samples_need_sampling(tiny_lm_dir, tmp_path):
+    with pytest.raises(UsageError, match="--n_samples 3 with greedy decoding"):
+        evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--n_samples", "3"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokenskip import compress, embedded, prompts
+from tokenskip import compress, embedded, layout, prompts
 from tokenskip.cli import StageParser
 from tokenskip.scorers.cts import CTSScorer, check_reference_model
 
@@ -59,11 +59,12 @@ def chosen_ratios(compression_ratio: float | None, ratios: Sequence[float] | Non
 
 
 def default_output_folder(predictions: Path) -> Path:
-    """`{model}/{benchmark}/{size}/CTS_Compression`, the sibling of the Original/ holding the input."""
-    for parent in predictions.parents:
-        if parent.name == "Original":
-            return parent.parent / CTSScorer.output_folder
-    return predictions.parent / CTSScorer.output_folder
+    """`{model}/{benchmark}/{size}/CTS_Compression`, the sibling of the Original/ holding the input;
+    next to the input when it is not in the outputs layout."""
+    model_folder = layout.model_dir_of_predictions(predictions)
+    if model_folder is None:
+        return predictions.parent / CTSScorer.output_folder
+    return layout.compression_dir(model_folder, CTSScorer.name)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

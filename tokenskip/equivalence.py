@@ -7,9 +7,11 @@ with; "math-verify" is Hugging Face's independent verifier. Both are pure but ma
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import math
+import operator
 import re
 from typing import Any, Callable
 
@@ -22,7 +24,7 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?%?", re.IGNORE
 _INTEGER_FRACTION = re.compile(r"(-?)(\d*)\\frac\{(\d+)\}\{(\d+)\}")  # also mixed numbers: 1\frac{4}{5}
 _MATRIX = re.compile(r"\\begin\{[pbvBV]?matrix\}(.*)\\end\{[pbvBV]?matrix\}", re.DOTALL)
 _UNORDERED_HINT = re.compile(r"separated by commas|comma[- ]separated", re.IGNORECASE)
-_PLAIN_EXPRESSION = re.compile(r"[\w\s.+\-*/^()]+")  # what may reach sympy's eval-based parse_expr
+_PLAIN_EXPRESSION = re.compile(r"[\w\s.+\-*/^()]+")  # what `_parse_plain` is tried on
 
 
 # ---------------------------------------------------------------- the "tokenskip" equivalence
@@ -245,13 +247,13 @@ def _symbolically_equal(pred: str, ref: str) -> bool:
 def _to_sympy(text: str) -> Any | None:
     """Parse LaTeX (or plain `sqrt(2)/2`-style text) into sympy; None when neither parser can.
 
-    Plain text with multi-letter names goes to `parse_expr` first, since the LaTeX parser would read
-    `sqrt` as s*q*r*t. `parse_expr` evaluates Python, so it only ever sees arithmetic characters.
+    Plain text with multi-letter names goes to `_parse_plain` first, since the LaTeX parser would
+    read `sqrt` as s*q*r*t. Neither parser runs any part of the text as Python (see `_parse_plain`).
     """
     # outside the try below: a broken LaTeX parser must raise, not make every answer wrong;
     # strict, because the lenient mode drops what it cannot read (`3,5,7` -> 3, `52_8` -> 52)
     parsers: list[Callable[[str], Any]] = [functools.partial(latex_parser(), strict=True)]
-    if _PLAIN_EXPRESSION.fullmatch(text) and "__" not in text:
+    if _PLAIN_EXPRESSION.fullmatch(text) and "__" not in text:  # (no longer a safety check: see below)
         plain_first = re.search(r"[A-Za-z]{2,}", text) is not None
         parsers.insert(0 if plain_first else 1, _parse_plain)
     for parse in parsers:
@@ -264,10 +266,114 @@ def _to_sympy(text: str) -> Any | None:
     return None
 
 
-def _parse_plain(text: str) -> Any:
-    from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
+# ---------------------------------------------------------------- plain expressions, without eval
+#
+# Answers come from model outputs and from datasets, so they are hostile input. sympy's `parse_expr`
+# (and `sympify` on a string) ends in Python's `eval` with the builtins at hand: an answer such as
+# `eval(chr(95)+chr(95)+...)` ran arbitrary code in the grader. `_parse_plain` therefore reads the
+# text with `ast.parse`, which only builds a syntax tree, and turns the few node types that make up
+# arithmetic into sympy objects itself. Anything else (attribute access, subscripts, lambdas,
+# comprehensions, keyword arguments, comparisons...) is refused, and names never reach Python's
+# namespace: they become sympy constants, sympy functions from a fixed list, or plain Symbols.
 
-    return parse_expr(text, transformations=(*standard_transformations, convert_xor))
+_MAX_POWER_DIGITS = 100_000  # `9^9^9` has 369 million digits: refuse to compute it, don't hang on it
+# names read as sympy's constants, as parse_expr read them; `e` stays a Symbol, as in the LaTeX
+# parser, so that plain `e^2` and LaTeX `e^{2}` still compare equal
+_PLAIN_CONSTANTS = frozenset({"pi", "E", "I", "oo", "zoo", "nan"})
+# names that may be applied, each to one argument (no comma gets here): sympy functions of that name,
+# and Python's `abs`, which parse_expr let through and sympy objects answer with Abs
+_PLAIN_FUNCTIONS = {
+    name: name
+    for name in (
+        "sqrt", "cbrt", "exp", "log", "ln", "sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan",
+        "acot", "asec", "acsc", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "Abs", "factorial", "floor",
+        "ceiling", "re", "im", "conjugate", "arg", "gamma",
+    )
+} | {"abs": "Abs"}
+_BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+_UNARY_OPERATORS: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def _parse_plain(text: str) -> Any:
+    """`sqrt(2)/2`, `x^2+1`, `2*pi` as sympy, built node by node: the same objects parse_expr with
+    its standard transformations gave (the operators are sympy's own), but nothing is evaluated as
+    Python. Raises ValueError (or SyntaxError) for what is not plain arithmetic; RecursionError and
+    MemoryError for trees too deep to walk, which the caller reports as a crash."""
+    # `^` is a power, as parse_expr's convert_xor made it; it must become `**` before parsing, since
+    # Python's `^` binds more loosely than `*` (`2*x^2` would read as `(2*x)^2`) and from the left
+    source = text.strip().replace("^", "**")
+    tree = ast.parse(source, mode="eval")  # a syntax tree only: nothing in it is run
+    return _plain_node(tree.body, source)
+
+
+def _plain_node(node: ast.AST, source: str) -> Any:
+    import sympy
+
+    if isinstance(node, ast.Constant):
+        return _plain_number(node, source)
+    if isinstance(node, ast.Name):
+        if node.id in _PLAIN_CONSTANTS:
+            return getattr(sympy, node.id)
+        if node.id in _PLAIN_FUNCTIONS:  # a bare `sqrt` is no number (parse_expr failed on it too)
+            raise ValueError(f"function {node.id!r} without an argument")
+        return sympy.Symbol(node.id)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPERATORS:
+        return _UNARY_OPERATORS[type(node.op)](_plain_node(node.operand, source))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPERATORS:
+        left, right = _plain_node(node.left, source), _plain_node(node.right, source)
+        if isinstance(node.op, ast.Pow):
+            _check_power_size(left, right)
+        return _BINARY_OPERATORS[type(node.op)](left, right)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+        if any(isinstance(argument, ast.Starred) for argument in node.args):
+            raise ValueError("starred argument")
+        # the arguments are sympy objects built here, never a Python str: sympy functions sympify
+        # (eval) a str argument, which is how `ｅｘｅｃ(chr(111)+...)` once ran through parse_expr
+        arguments = [_plain_node(argument, source) for argument in node.args]
+        name = node.func.id
+        # an unknown name applied to something is an undefined sympy function, as in parse_expr
+        # (`f(3)`); it is a name only: sympy never looks it up or calls anything by it
+        function = getattr(sympy, _PLAIN_FUNCTIONS[name]) if name in _PLAIN_FUNCTIONS else sympy.Function(name)
+        return function(*arguments)
+    raise ValueError(f"not plain arithmetic: {type(node).__name__}")
+
+
+def _plain_number(node: ast.Constant, source: str) -> Any:
+    """An integer, decimal or imaginary literal as parse_expr's auto_number read it: decimals from
+    their digits (`0.1` is not the binary float 0.1), `2j` as 2*I."""
+    from sympy import Float, I, Integer
+
+    value = node.value
+    if type(value) is int:  # bool is an int too, but `True` is not a number here
+        return Integer(value)
+    if type(value) not in (float, complex):  # a str above all: sympy would eval it when used
+        raise ValueError(f"not a number: {type(value).__name__}")
+    digits = (ast.get_source_segment(source, node) or repr(value)).replace("_", "")
+    if type(value) is float:
+        return Float(digits)
+    digits = digits[:-1]  # the trailing j of `2j`
+    return I * (Float(digits) if any(mark in digits for mark in ".eE") else Integer(int(digits)))
+
+
+def _check_power_size(base: Any, exponent: Any) -> None:
+    """Refuse an exact power of a number with more than `_MAX_POWER_DIGITS` digits: sympy would
+    compute it (`9^9^9`) until the worker's time or memory limit ends it."""
+    if not (getattr(base, "is_Rational", False) and getattr(exponent, "is_Rational", False)):
+        return  # symbolic or floating-point powers are cheap to build
+    size = max(abs(base.p), abs(base.q))
+    if size <= 1:
+        return
+    # the result has about |exponent| * log10(size) digits, and log10(size) >= log10(2) > 1/4: an
+    # exponent over 4 * _MAX_POWER_DIGITS is too large whatever the base (and is never made a float)
+    if abs(exponent) > 4 * _MAX_POWER_DIGITS or abs(float(exponent)) * math.log10(size) > _MAX_POWER_DIGITS:
+        raise ValueError("the power is too large to compute")
 
 
 @functools.cache
@@ -295,6 +401,7 @@ def math_verify_equivalent(model_output: str, reference: str) -> bool:
     Its own timeouts use SIGALRM, which fails outside the main thread and cannot stop C code; they
     are turned off here, so call this under `Grader` for a hard limit.
     """
+    guard_math_verify()
     from math_verify import parse, verify
 
     gold = parse(f"${reference}$", parsing_timeout=None)
@@ -304,6 +411,34 @@ def math_verify_equivalent(model_output: str, reference: str) -> bool:
 
 def load_math_verify() -> None:
     """Load Math-Verify without its "timeout is disabled" warning: the worker pool is the timeout."""
-    import math_verify  # noqa: F401
-
+    guard_math_verify()
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+# Math-Verify (0.9) reads LaTeX with latex2sympy2_extended, which builds sympy objects directly and
+# passes only digit strings from its lexer to sympy's string parsing (`Number("12")`). Its reading
+# of plain arithmetic (`1/2`, `3*(4+5)`) however ends in sympy's eval-based `parse_expr`; its regex
+# lets only these characters through, which cannot name anything to call or look up:
+_MATH_VERIFY_ARITHMETIC = re.compile(r"[0-9.\s+\-*/^()×÷]*")
+
+
+@functools.cache
+def guard_math_verify() -> None:
+    """Make sure, in this process, that Math-Verify's `parse_expr` never sees more than arithmetic
+    characters, whatever a later release's regex lets through: a Math-Verify without the function
+    this wraps is refused rather than trusted."""
+    import math_verify.parser as parser
+
+    unguarded = getattr(parser, "parse_expr_cached", None)
+    if unguarded is None:
+        raise UsageError(
+            "this Math-Verify release reads plain expressions differently from the 0.9 that tokenskip "
+            "checked for safety; install math-verify==0.9.0"
+        )
+
+    def parse_arithmetic(expr: str) -> Any:
+        if not _MATH_VERIFY_ARITHMETIC.fullmatch(expr):
+            raise ValueError("not plain arithmetic")  # Math-Verify treats it as unparsable
+        return unguarded(expr)
+
+    parser.parse_expr_cached = parse_arithmetic

@@ -72,6 +72,11 @@ def build_parser() -> StageParser:
         help="generation budget; MATH adapter runs use round(max_new_tokens * γ), as the original")
     add("--eval_batch_size", type=int, default=16, help="batch size of the transformers backend")
     add("--temperature", type=float, default=0.0, help="0 means greedy decoding")
+    add("--top_p", type=float, default=1.0, help="nucleus sampling, with --temperature > 0")
+    add("--n_samples", type=int, default=1, metavar="K",
+        help="answers sampled per question (needs --temperature > 0): on the train split, more distinct CoTs to "
+             "compress (stage 2 keeps the distinct correct ones); on the test split, accuracy is pass@1 averaged "
+             "over the K samples, with its spread in metrics.json")
     add("--seed", type=int, default=42, help="sampling seed and --max_num_examples subset seed")
     add("--tensor_parallel_size", type=int, default=None, help="vLLM GPUs; default: every visible GPU")
     add("--device", default="auto", help="transformers backend device: auto, cpu, cuda, cuda:1...")
@@ -87,6 +92,10 @@ def build_parser() -> StageParser:
         help="re-grade an existing predictions.jsonl (or the run folder holding it); no model needed. A run's own "
              "file is regraded in place with its metrics.json; any other file gets {name}.regraded.jsonl and "
              "{name}.regraded.metrics.json beside it")
+    add("--latency-probe", type=int, default=0, metavar="N",
+        help="after the batched run, time the first N questions one at a time (batch size 1, after a warm-up) "
+             "for per-request latency (metrics.json: request_latency); the vLLM backend times every request "
+             "by itself")
     add("--overlong", choices=OVERLONG, default="warn",
         help="prompts that leave no room for --max_new_tokens in the model's context: warn (count them and run "
              "them as they are), skip them (left out of the run and counted), or truncate them (keep their last "
@@ -116,6 +125,8 @@ class EvalConfig:
     max_new_tokens: int
     eval_batch_size: int
     temperature: float
+    top_p: float
+    n_samples: int
     seed: int
     tensor_parallel_size: int | None
     device: str
@@ -126,6 +137,7 @@ class EvalConfig:
     grading_timeout: float
     regrade: str | None
     overlong: str
+    latency_probe: int
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:
@@ -144,6 +156,15 @@ class EvalConfig:
         if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
             raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
                              "drop --use_adapter and pass --compression_ratio values < 1")
+        if not 0.0 < args.top_p <= 1.0:
+            raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+        if args.n_samples < 1:
+            raise UsageError(f"--n_samples must be 1 or more, got {args.n_samples}")
+        if args.n_samples > 1 and args.temperature == 0:
+            raise UsageError(f"--n_samples {args.n_samples} with greedy decoding gives {args.n_samples} copies of "
+                             "one answer; add --temperature (e.g. 0.6)")
+        if args.latency_probe < 0:
+            raise UsageError(f"--latency-probe must be 0 (off) or a number of questions, got {args.latency_probe}")
         if args.use_adapter and not args.adapter_path:
             raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
         values = {field.name: getattr(args, field.name) for field in fields(cls)
@@ -188,11 +209,12 @@ class RunSettings:
     top_p: float
     seed: int
     overlong: str
+    n_samples: int
 
 
 # Settings added after runs were already made: an older run.json without them is taken to have used
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
-LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn"}
+LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1}
 
 
 def run_dir(config: EvalConfig) -> Path:
@@ -268,8 +290,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
         benchmark=config.benchmark, data_type=config.data_type,
         data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
         data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
-        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=1.0,
-        seed=config.seed, overlong=config.overlong,
+        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=config.top_p,
+        seed=config.seed, overlong=config.overlong, n_samples=config.n_samples,
     )
     claim_run_folder(samples_dir, settings)
 
@@ -286,6 +308,7 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
     }
     examples, skipped = fit_context(examples, prompt_of, tokenizer, shared.context_length, settings.max_new_tokens,
                                     config.overlong)
+    examples = expand_samples(examples, config.n_samples, prompt_of)
     print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions)"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
           + (f", {config.baseline} baseline at γ={config.ratio}" if config.baseline else ""))
@@ -312,15 +335,48 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
 
     by_id = {record["id"]: record for record in records}
     ordered = [by_id[example.id] for example in examples]
+    if config.latency_probe and not all(r.get("latency_source") == "probe" for r in ordered[:config.latency_probe]):
+        if shared.backend is None:
+            shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
+        probe_latency(ordered[:config.latency_probe], prompt_of, shared.backend, settings.max_new_tokens)
     write_jsonl_atomic(samples_dir / PREDICTIONS, ordered)
     metrics = summarize(ordered, primary=config.grader,
                         total_seconds=sum(t["seconds"] for t in timings),
                         total_tokens=sum(t["tokens"] for t in timings))
     metrics.update(run_description(settings, config, backend_name))
     metrics["n_skipped_overlong"] = len(skipped)
+    if config.n_samples > 1:
+        metrics.update(sampling_summary(ordered, config.n_samples))
     write_json_atomic(samples_dir / METRICS, metrics)
     print_summary(metrics, samples_dir / PREDICTIONS, samples_dir / METRICS)
     return metrics
+
+
+def sampling_summary(records: list[dict], k: int) -> dict:
+    """pass@1 averaged over k samples per question (lighteval's convention: the mean accuracy of all
+    samples), with its spread: the accuracy of each sample index j across the questions."""
+    per_sample = [[bool(r["accuracy"]) for r in records if r.get("sample") == j] for j in range(k)]
+    accuracies = [sum(hits) / len(hits) for hits in per_sample if hits]
+    mean = sum(accuracies) / len(accuracies)
+    spread = (sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) ** 0.5 if len(accuracies) > 1 else 0.0
+    return {"n_samples_per_question": k, "n_questions": len({r.get("question_id") for r in records}),
+            "pass@1": sum(bool(r["accuracy"]) for r in records) / len(records),
+            "pass@1_per_sample": accuracies, "pass@1_std": spread}
+
+
+def expand_samples(examples: list[data.Example], k: int, prompt_of: dict[str, str]) -> list[data.Example]:
+    """With k samples per question, each sample is an item of its own (`{id}/{j}`, with `question_id`
+    and `sample` on its record): batched, resumed and graded like any question."""
+    if k == 1:
+        return examples
+    expanded = []
+    for example in examples:
+        for j in range(k):
+            sample_id = f"{example.id}/{j}"
+            prompt_of[sample_id] = prompt_of[example.id]
+            expanded.append(replace(example, id=sample_id, extra={**example.extra, "question_id": example.id,
+                                                                  "sample": j}))
+    return expanded
 
 
 def fit_context(examples: list[data.Example], prompt_of: dict[str, str], tokenizer, context: int | None,
@@ -403,6 +459,20 @@ def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backen
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
+def probe_latency(records: list[dict], prompt_of: dict[str, str], backend: Backend, max_new_tokens: int) -> None:
+    """Time each question alone (batch size 1, after one untimed warm-up), as one user's request
+    would run: a batch's wall time says how long its longest answer took, not how long each took.
+    The timings go on the records (`latency_s`, `latency_tokens`); the answers already graded stay."""
+    if not records:
+        return
+    backend.generate([prompt_of[records[0]["id"]]], max_new_tokens)  # warm-up: allocations, kernels
+    for record in tqdm(records, desc="latency probe", unit="q", dynamic_ncols=True):
+        start = time.perf_counter()
+        [completion] = backend.generate([prompt_of[record["id"]]], max_new_tokens)
+        record.update(latency_s=time.perf_counter() - start, latency_tokens=completion.n_tokens,
+                      latency_source="probe")
+
+
 def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log: AppendLog, timing: AppendLog,
                      config: EvalConfig, max_new_tokens: int) -> None:
     done = {record["id"] for record in log.records}
@@ -447,7 +517,10 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "grades": grade.verdicts,
         "grade_timeouts": grade.timeouts,
         "grade_errors": grade.errors,  # a grader that crashed (RecursionError...) on this answer: graded incorrect
+        "capped": completion.capped,
     }
+    if completion.latency_s is not None:  # the backend timed this request itself (vLLM)
+        record.update(latency_s=completion.latency_s, latency_source=backend.name)
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
 
@@ -474,7 +547,9 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "data_type": settings.data_type,
         "backend": backend_name,
         "decoding": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                     "top_p": settings.top_p, "seed": settings.seed, "eval_batch_size": config.eval_batch_size},
+                     "top_p": settings.top_p, "seed": settings.seed, "eval_batch_size": config.eval_batch_size,
+                     "n_samples": settings.n_samples},
+        "latency_probe": config.latency_probe,
     }
 
 
@@ -483,8 +558,13 @@ def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
           f"{metrics.get('second_grader', 'second grader')} "
           f"{metrics.get('second_grader_accuracy', math.nan) * 100:.2f}% "
           f"({metrics.get('grader_disagreements', 0)} disagreements), "
-          f"avg CoT {metrics['avg_cot_length']:.1f} tokens, invalid {metrics['n_invalid']}, "
-          f"latency {metrics['sample_latency'] or 0:.3f} s/sample")
+          f"avg CoT {metrics['avg_cot_length']:.1f} tokens (median {metrics['median_cot_length']:.0f}, "
+          f"{metrics['n_capped']} at the token cap), invalid {metrics['n_invalid']}, "
+          f"batch latency {metrics['sample_latency'] or 0:.3f} s/sample")
+    request = metrics.get("request_latency")
+    if request:
+        print(f"per-request latency over {request['n']} questions: mean {request['mean']:.3f} s, "
+              f"p50 {request['p50']:.3f} s, p90 {request['p90']:.3f} s")
     print(f"wrote {predictions} and {metrics_path}")
 
 

@@ -125,17 +125,21 @@ class Grader:
     def grade(self, requests: Iterable[GradeRequest]) -> list[Grade]:
         requests = list(requests)
         verdicts: list[dict[str, bool]] = [{} for _ in requests]
+        timeouts: list[list[str]] = [[] for _ in requests]
+        errors: list[dict[str, str]] = [{} for _ in requests]
         jobs, owners = [], []
         for index, request in enumerate(requests):
             for name in self.graders:
-                settled = GRADERS[name].shortcut(request.model_output, request.reference, request.question)
+                try:
+                    settled = GRADERS[name].shortcut(request.model_output, request.reference, request.question)
+                except Exception as exc:  # a hostile answer must cost its own grade, not the batch
+                    verdicts[index][name], errors[index][name] = False, _describe_error(exc)
+                    continue
                 if settled is None:
                     jobs.append({"grader": name, **asdict(request)})
                     owners.append((index, name))
                 else:
-                    verdicts[index][name] = settled
-        timeouts: list[list[str]] = [[] for _ in requests]
-        errors: list[dict[str, str]] = [{} for _ in requests]
+                    verdicts[index][name] = bool(settled)
         for (index, name), outcome in zip(owners, self._pool.run(jobs)):
             verdicts[index][name] = outcome.verdict
             if outcome.timed_out:
@@ -144,7 +148,7 @@ class Grader:
                 errors[index][name] = outcome.error
         return [
             Grade(
-                prediction=extract_answer(request.model_output),
+                prediction=_prediction(request.model_output),
                 correct=verdicts[i][self.primary],
                 verdicts={name: verdicts[i][name] for name in self.graders},
                 timeouts=tuple(timeouts[i]),
@@ -161,6 +165,25 @@ class Grader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _prediction(model_output: str) -> str:
+    """The extracted answer for the record; empty if extraction itself crashes, so that the record
+    is kept (the "tokenskip" grader, which extracts the same way, records the crash as its error)."""
+    try:
+        return extract_answer(model_output)
+    except Exception:
+        return ""
+
+
+def _describe_error(exc: BaseException) -> str:
+    """`RecursionError: maximum recursion depth exceeded`, short, for `Grade.errors`; never raises,
+    even for an exception whose message cannot be built (a huge or broken sympy object in it)."""
+    try:
+        message = str(exc)[:200]
+    except Exception:  # any failure here would lose the record it describes
+        message = "(message unavailable)"
+    return f"{type(exc).__name__}: {message}"
 
 
 def _available_cpus() -> int:
@@ -348,7 +371,7 @@ def serve_worker() -> None:
             verdict = GRADERS[job["grader"]].verdict(job["model_output"], job["reference"], job["question"])
             reply({"id": job["id"], "verdict": bool(verdict)})
         except Exception as exc:  # RecursionError, MemoryError, a library bug: incorrect, not fatal
-            reply({"id": job["id"], "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            reply({"id": job["id"], "error": _describe_error(exc)})
 
 
 def _die_with_parent() -> None:

@@ -73,7 +73,7 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be positive")
     input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
-    predictions = layout.stage1_samples(input_dir) / "predictions.jsonl"
+    predictions = layout.stage1_predictions(input_dir)
     if not predictions.is_file():
         raise UsageError(f"stage-1 predictions not found: {predictions} (written by {compress.STAGE1} "
                          f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")
@@ -86,7 +86,7 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
         return scorer_type(llmlingua_path, options=OPTIONS_BY_MODEL_TYPE[args.model_type], device=args.device,
                            dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
 
-    return compress.run_stage(predictions, input_dir / scorer_type.output_folder, model_type=args.model_type,
+    return compress.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=args.model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
                               make_scorer=make_scorer, scorer_model=llmlingua_path)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def summarize(records: list[dict], *, primary: str, total_seconds: float | None, total_tokens: int | None) -> dict:
     """Accuracy, CoT length and speed of one run, plus how the second grader agrees."""
@@ -10,7 +12,13 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         "n_samples": n,
         "accuracy": sum(bool(r["accuracy"]) for r in records) / n,
         "avg_cot_length": sum(r["cot_length"] for r in records) / n,
+        "median_cot_length": statistics.median(r["cot_length"] for r in records),
+        # outputs that ran into the token budget: on small models such loops dominate the mean
+        "n_capped": sum(1 for r in records if r.get("capped")),
+        # batch wall time / n: every question of a batch waits for its longest, so this cannot show
+        # a per-question gain; request_latency below is what one request takes
         "sample_latency": total_seconds / n if total_seconds is not None else None,
+        "request_latency": request_latency(records),
         "tokens_per_second": total_tokens / total_seconds if total_seconds and total_tokens is not None else None,
         "n_invalid": sum(1 for r in records if not r["prediction"]),
         "grader": primary,
@@ -22,3 +30,21 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         summary["grader_disagreements"] = sum(first != second for first, second in verdicts)
     summary["grading_timeouts"] = sum(len(r.get("grade_timeouts", [])) for r in records)
     return summary
+
+
+def request_latency(records: list[dict]) -> dict | None:
+    """Mean, median and 90th percentile of the per-request times on the records that have one
+    (`latency_s`: a --latency-probe pass, or the vLLM backend's own timings); None without any."""
+    times = sorted(r["latency_s"] for r in records if r.get("latency_s") is not None)
+    if not times:
+        return None
+    return {"mean": sum(times) / len(times), "p50": statistics.median(times), "p90": _percentile(times, 0.9),
+            "n": len(times)}
+
+
+def _percentile(ordered: list[float], share: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    position = share * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

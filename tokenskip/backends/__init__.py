@@ -27,6 +27,8 @@ class DecodingSettings:
 class Completion:
     text: str
     n_tokens: int  # tokens generated, the stop token included
+    capped: bool = False  # generation stopped at the token budget, not at a stop token
+    latency_s: float | None = None  # this request's own time from arrival to finish, when the backend reports it
 
 
 class Backend(Protocol):

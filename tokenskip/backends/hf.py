@@ -124,6 +124,8 @@ class HFBackend:
         return [self._completion(tokens) for tokens in new_tokens]
 
     def _completion(self, tokens: list[int]) -> Completion:
-        end = next((i + 1 for i, token in enumerate(tokens) if token in self.stop_ids), len(tokens))
+        stop = next((i + 1 for i, token in enumerate(tokens) if token in self.stop_ids), None)
+        end = stop or len(tokens)
         text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-        return Completion(text=text, n_tokens=end)
+        # no stop token among the new ones: the budget ran out first (padding only follows a stop)
+        return Completion(text=text, n_tokens=end, capped=stop is None)

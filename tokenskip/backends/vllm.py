@@ -62,4 +62,20 @@ class VLLMBackend:
             skip_special_tokens=True,
         )
         outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
-        return [Completion(text=o.outputs[0].text, n_tokens=len(o.outputs[0].token_ids)) for o in outputs]
+        return [Completion(text=o.outputs[0].text, n_tokens=len(o.outputs[0].token_ids),
+                           capped=getattr(o.outputs[0], "finish_reason", None) == "length",
+                           latency_s=request_latency(o))
+                for o in outputs]
+
+
+def request_latency(output) -> float | None:
+    """Arrival to finish of one request, from the timings vLLM keeps on its RequestOutput
+    (`metrics`: arrival_time, first_token_time, finished_time or last_token_time); None when
+    this vLLM version reports none. All prompts of a call arrive together, so this is the time one
+    request takes while the others share the GPU, as a server under that load would see it."""
+    metrics = getattr(output, "metrics", None)
+    arrival = getattr(metrics, "arrival_time", None)
+    finished = getattr(metrics, "finished_time", None) or getattr(metrics, "last_token_time", None)
+    if arrival is None or finished is None or finished < arrival:
+        return None
+    return float(finished - arrival)

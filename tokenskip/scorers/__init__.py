@@ -1,21 +1,32 @@
 """Importance scorers: which chain-of-thought tokens to keep when compressing a CoT.
 
-Every scorer scores each CoT once and derives the compressed CoT for every ratio γ from those
-same scores, so five ratios cost one model pass, not five. A scorer is one module in this
-package holding one `Scorer` subclass decorated with `@register`; modules are discovered at
-first use, so adding a scorer touches nothing else. Modules keep heavy imports (torch,
-transformers, spaCy) inside functions so that discovery stays cheap.
+A scorer works in two steps so that it keeps no state between calls: `score` reads each CoT once
+(the one model pass) and returns a per-CoT object holding everything selection needs; `select`
+turns one such object into the compressed CoT at one ratio γ. Five ratios thus cost one model
+pass, not five. `compress` chains the two for callers that want the texts only.
+
+A scorer is one `Scorer` subclass in a module of this package, named in SCORERS below. The table
+is imported lazily, as tokenskip/grading.py's GRADERS are named, so that naming a method costs no
+heavy import (scorer modules keep torch, transformers and spaCy inside functions) and no import
+order can hide a scorer.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
+from tokenskip import layout
 from tokenskip.errors import UsageError
+
+# --method name -> "module:Class"
+SCORERS = {
+    "llmlingua2": "tokenskip.scorers.llmlingua2:LLMLingua2Scorer",
+    "ner": "tokenskip.scorers.ner:NERScorer",
+    "cts": "tokenskip.scorers.cts:CTSScorer",
+}
 
 
 @dataclass(frozen=True)
@@ -28,36 +39,44 @@ class CoT:
 
 
 class Scorer(ABC):
-    name: ClassVar[str]  # the --method name
-    output_folder: ClassVar[str]  # where the stage writes its ratio files, next to Original/
+    name: ClassVar[str]  # the --method name, a key of SCORERS
+    output_folder: ClassVar[str]  # where the stage writes its ratio files: layout.COMPRESSION_FOLDERS[name]
     script: ClassVar[str]  # the top-level stage script that runs it
-    file_stem: ClassVar[str] = "train_outputs_compressed_ratio"  # ratio files are {file_stem}_{γ}.jsonl
+    file_stem: ClassVar[str] = layout.RATIO_FILE_STEM  # ratio files are {file_stem}_{γ}.jsonl
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.output_folder = layout.COMPRESSION_FOLDERS[cls.name]
 
     @abstractmethod
-    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
-        """For each CoT, its compressed text at every ratio (the share of the CoT to keep)."""
+    def score(self, cots: Sequence[CoT]) -> list[Any]:
+        """Read every CoT once; each result holds what `select` needs at any ratio."""
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]]) -> dict[float, dict]:
-        """Scorer-specific numbers per ratio for the stage's summary (none by default)."""
+    @abstractmethod
+    def select(self, scored: Any, ratio: float) -> str:
+        """The compressed text of one scored CoT at `ratio` (the share of the CoT to keep), a ratio
+        that `check_ratios` accepted."""
+
+    def check_ratios(self, ratios: Sequence[float]) -> None:
+        """Refuse, with a UsageError, any ratio this scorer cannot compress to: by default, γ outside (0, 1)."""
+        for ratio in ratios:
+            if not 0.0 < ratio < 1.0:
+                raise UsageError(f"compression ratio must be between 0 and 1 (exclusive), got {ratio}")
+
+    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
+        """For each CoT, its compressed text at every ratio, from one `score` of each CoT."""
+        self.check_ratios(ratios)
+        return [{ratio: self.select(scored, ratio) for ratio in ratios} for scored in self.score(cots)]
+
+    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
+                     scored: Sequence[Any] | None = None) -> dict[float, dict]:
+        """Scorer-specific numbers per ratio for the stage's summary (none by default), from the CoTs,
+        their compressed texts and, for scorers whose numbers need them, their `score` results."""
         return {}
 
 
-_REGISTRY: dict[str, type[Scorer]] = {}
-
-
-def register(cls: type[Scorer]) -> type[Scorer]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-
-
 def scorer_class(name: str) -> type[Scorer]:
-    if not _REGISTRY:
-        _discover()
-    if name not in _REGISTRY:
-        raise UsageError(f"unknown compression method {name!r}; choose from {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name not in SCORERS:
+        raise UsageError(f"unknown compression method {name!r}; choose from {', '.join(sorted(SCORERS))}")
+    module, _, class_name = SCORERS[name].partition(":")
+    return getattr(importlib.import_module(module), class_name)

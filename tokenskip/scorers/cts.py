@@ -48,7 +48,7 @@ from fractions import Fraction
 
 from tokenskip.errors import UsageError, first_line
 from tokenskip.prompts import ANSWER_MARKER
-from tokenskip.scorers import CoT, Scorer, register
+from tokenskip.scorers import CoT, Scorer
 
 SEPARATOR = "\n\n"
 ANSWER_LINE = ANSWER_MARKER.strip() + " {answer}"  # "The final answer is: {answer}"
@@ -58,10 +58,13 @@ FALLBACK_CONTEXT = 2048
 
 @dataclass(frozen=True)
 class ScoredCoT:
-    """A CoT in the reference model's tokens, with each token's conditional importance s_i."""
+    """A CoT in the reference model's tokens, with each token's conditional importance s_i, and the
+    units that selection keeps or drops whole, each with the score it ranks by."""
 
     token_ids: list[int]
     scores: list[float]
+    units: list[list[int]]  # token positions, in CoT order
+    unit_scores: list[float]
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,8 @@ def keep_count(n: int, ratio: float) -> int:
     """γ·n rounded to the nearest integer, halves up, at least 1 (0 for an empty CoT).
 
     Computed on the decimal γ as written (0.7 is 7/10 exactly): in floating point 0.7·45 is
-    31.499999999999996 and would keep 31 instead of 32.
+    31.499999999999996 and would keep 31 instead of 32. `ratio` is one `CTSScorer.check_ratios` accepts.
     """
-    if not 0.0 < ratio <= 1.0:
-        raise UsageError(f"compression ratios must be in (0, 1], got {ratio}")
     return min(n, max(1, math.floor(Fraction(str(ratio)) * n + Fraction(1, 2)))) if n else 0
 
 
@@ -107,14 +108,35 @@ def check_reference_model(path: str) -> str:
     except (OSError, ValueError) as exc:
         reason = first_line(exc)
         raise UsageError(f"could not read a model config from {path} ({reason}); {DOWNLOAD_HINT}") from None
+    require_causal_lm(path, config)
+    return path
+
+
+def require_causal_lm(path: str, config) -> None:
+    """Refuse a model whose config names architectures, none of them a causal LM."""
     architectures = config.architectures or []
     if architectures and not any(name.endswith(CAUSAL_LM_SUFFIXES) for name in architectures):
         raise UsageError(f"--reference_model {path} holds {', '.join(architectures)}, not a causal LM; "
                          "CTS needs a causal LM such as models/SmolLM2-135M-Instruct or Qwen2.5-7B-Instruct")
-    return path
 
 
-@register
+def _join_numbers(units: list[list[int]], texts: list[str]) -> list[list[int]]:
+    """Make a number split over several units ("4" "8", "2" "." "5") one unit, given each unit's
+    text: kept or dropped whole, so pruning never turns 48 into 4 (LLMLingua-2's
+    `force_reserve_digit` serves the same end there)."""
+    joined: list[list[int]] = []
+    for index, (unit, text) in enumerate(zip(units, texts)):
+        before = texts[index - 1] if index else ""
+        after = texts[index + 1] if index + 1 < len(texts) else ""
+        digit_after_digit = text[:1].isdigit() and (before[-1:].isdigit() or before in (".", ","))
+        separator_in_number = text in (".", ",") and before[-1:].isdigit() and after[:1].isdigit()
+        if joined and (digit_after_digit or separator_in_number):
+            joined[-1] = joined[-1] + unit
+        else:
+            joined.append(unit)
+    return joined
+
+
 class CTSScorer(Scorer):
     """Scores CoTs with a causal reference model, many CoTs per forward pass, both passes together.
 
@@ -123,7 +145,6 @@ class CTSScorer(Scorer):
     """
 
     name = "cts"
-    output_folder = "CTS_Compression"
     script = "CTS_data_get.py"
 
     def __init__(
@@ -137,14 +158,23 @@ class CTSScorer(Scorer):
         max_length: int | None = None,
         progress: bool = True,
     ):
-        from tokenskip.modeling import load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
+        from tokenskip.modeling import (
+            load_causal_lm,
+            load_tokenizer,
+            resolve_device,
+            resolve_dtype,
+            resolve_model_path,
+        )
 
         if batch_size < 1 or max_batch_tokens < 1:
             raise UsageError("--batch-size and --max-batch-tokens must be positive")
-        path = check_reference_model(str(model_path))
+        # the stage ran check_reference_model before reading its data; here the loaded model's
+        # config is checked rather than read from disk a second time
+        path = resolve_model_path(str(model_path), "--reference_model")
         device = resolve_device(device)
         self.tokenizer = load_tokenizer(path)
         self.model = load_causal_lm(path, device=device, dtype=resolve_dtype(dtype, device))
+        require_causal_lm(path, self.model.config)
         self.device = device
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -157,53 +187,44 @@ class CTSScorer(Scorer):
         # ALiBi models (Bloom, MPT) take no position ids: their biases are relative anyway
         self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
 
-    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
-        return [{ratio: self._decode([scored.token_ids[p] for p in positions]).lstrip()
-                 for ratio, positions in self.selections(scored, ratios).items()}
-                for scored in self.score(cots)]
+    def check_ratios(self, ratios: Sequence[float]) -> None:
+        """γ in (0, 1]: at 1 every unit is kept, the CoT as it was."""
+        for ratio in ratios:
+            if not 0.0 < ratio <= 1.0:
+                raise UsageError(f"compression ratios must be in (0, 1], got {ratio}")
+
+    def select(self, scored: ScoredCoT, ratio: float) -> str:
+        return self._decode([scored.token_ids[p] for p in self.kept_positions(scored, ratio)]).lstrip()
+
+    def kept_positions(self, scored: ScoredCoT, ratio: float) -> list[int]:
+        """The token positions kept at `ratio`, in CoT order, whole units at a time."""
+        return [p for u in keep_units(scored.unit_scores, ratio) for p in scored.units[u]]
 
     def selections(self, scored: ScoredCoT, ratios: Sequence[float]) -> dict[float, list[int]]:
-        """The token positions kept at each ratio, in CoT order, whole units at a time."""
-        units = self.units(scored.token_ids)
-        # a unit ranks by its best token with visible text (whitespace pieces carry no content)
-        visible = [[p for p in unit if self._decode([scored.token_ids[p]]).strip()] or unit for unit in units]
-        unit_scores = [max(scored.scores[p] for p in positions) for positions in visible]
-        return {ratio: [p for u in keep_units(unit_scores, ratio) for p in units[u]] for ratio in ratios}
+        """`kept_positions` at each ratio."""
+        return {ratio: self.kept_positions(scored, ratio) for ratio in ratios}
 
     def units(self, token_ids: Sequence[int]) -> list[list[int]]:
         """Token positions grouped into units: whitespace-only tokens and the pieces of a character
         split across tokens join the token that completes them with visible text."""
         units: list[list[int]] = []
+        texts: list[str] = []
         pending: list[int] = []
         for position in range(len(token_ids)):
             pending.append(position)
             text = self._decode([token_ids[p] for p in pending])
             if text.strip() and not text.endswith("\ufffd"):
                 units.append(pending)
+                texts.append(text)
                 pending = []
-        if pending and self._decode([token_ids[p] for p in pending]).strip():  # a CoT ending mid-character
+        text = self._decode([token_ids[p] for p in pending])
+        if text.strip():  # a CoT ending mid-character
             units.append(pending)
-        return self._join_numbers(token_ids, units)
-
-    def _join_numbers(self, token_ids: Sequence[int], units: list[list[int]]) -> list[list[int]]:
-        """Make a number split over several units ("4" "8", "2" "." "5") one unit: kept or dropped
-        whole, so pruning never turns 48 into 4 (LLMLingua-2's `force_reserve_digit` serves the
-        same end there)."""
-        texts = [self._decode([token_ids[p] for p in unit]) for unit in units]
-        joined: list[list[int]] = []
-        for index, (unit, text) in enumerate(zip(units, texts)):
-            before = texts[index - 1] if index else ""
-            after = texts[index + 1] if index + 1 < len(texts) else ""
-            digit_after_digit = text[:1].isdigit() and (before[-1:].isdigit() or before in (".", ","))
-            separator_in_number = text in (".", ",") and before[-1:].isdigit() and after[:1].isdigit()
-            if joined and (digit_after_digit or separator_in_number):
-                joined[-1] = joined[-1] + unit
-            else:
-                joined.append(unit)
-        return joined
+            texts.append(text)
+        return _join_numbers(units, texts)
 
     def score(self, cots: Sequence[CoT]) -> list[ScoredCoT]:
-        """Every CoT's tokens and their s_i, from one conditional and one unconditional pass."""
+        """Every CoT's tokens, their s_i (from one conditional and one unconditional pass) and units."""
         import torch
         from tqdm import tqdm
 
@@ -225,7 +246,15 @@ class CTSScorer(Scorer):
                     unfinished[window.cot] -= 1
                     if unfinished[window.cot] == 0:
                         bar.update(1)
-        return [ScoredCoT(ids, s) for ids, s in zip(token_ids, scores)]
+        return [self._scored(ids, s) for ids, s in zip(token_ids, scores)]
+
+    def _scored(self, token_ids: list[int], scores: list[float]) -> ScoredCoT:
+        """The CoT's units, each ranked by its best token with visible text (whitespace pieces
+        carry no content); computed once here, they serve every ratio."""
+        units = self.units(token_ids)
+        visible = [bool(self._decode([token_id]).strip()) for token_id in token_ids]
+        ranked_by = [[p for p in unit if visible[p]] or unit for unit in units]
+        return ScoredCoT(token_ids, scores, units, [max(scores[p] for p in positions) for positions in ranked_by])
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids

