@@ -34,6 +34,7 @@ def demo(tmp_path_factory, smollm2_dir) -> Path:
         "STAGE1_TOKENS": "96",
         "EVAL_TOKENS": "24",
         "EVAL_RATIOS": " ".join(map(str, EVAL_RATIOS)),
+        "BASELINE_RATIOS": " ".join(map(str, EVAL_RATIOS)),
         "TRAIN_OVERRIDES": "max_steps=3",
     }
     result = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True,

@@ -268,7 +268,7 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
     monkeypatch.setattr(evaluate, "create_backend", recording)
     [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
     records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
-    probed = [r for r in records if "latency_s" in r]
+    probed = [r for r in records if r.get("latency_source") == "probe"]
     assert [r["id"] for r in probed] == [r["id"] for r in records[:3]]  # the first three, in dataset order
     assert all(r["latency_s"] > 0 and r["latency_source"] == "probe" for r in probed)
     assert calls[-4:] == [1, 1, 1, 1]  # one warm-up, then each probed question alone
@@ -291,7 +291,12 @@ def test_outputs_that_hit_the_token_cap_are_counted(tiny_lm_dir, tmp_path):
     assert metrics["n_capped"] == sum(r["capped"] for r in records)
     middle = sorted(r["cot_length"] for r in records)[1:3]
     assert metrics["median_cot_length"] == sum(middle) / 2
-    assert metrics["request_latency"] is None  # no probe, no per-request timings on the hf backend
+    # without a probe, each request's latency is its own finish time within its batch (one batch of 4 here):
+    # an answer that stopped sooner came back sooner, and the capped ones when the batch ended
+    assert metrics["request_latency"]["n"] == 4 and all(r["latency_source"] == "hf" for r in records)
+    by_length = sorted(records, key=lambda r: (r["output_tokens"], r["capped"]))
+    assert [r["latency_s"] for r in by_length] == sorted(r["latency_s"] for r in records)
+    assert len({r["latency_s"] for r in records if r["capped"]}) <= 1
 
 
 # ---------------------------------------------------------------- k samples per question

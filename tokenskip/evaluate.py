@@ -93,9 +93,9 @@ def build_parser() -> StageParser:
              "file is regraded in place with its metrics.json; any other file gets {name}.regraded.jsonl and "
              "{name}.regraded.metrics.json beside it")
     add("--latency-probe", type=int, default=0, metavar="N",
-        help="after the batched run, time the first N questions one at a time (batch size 1, after a warm-up) "
-             "for per-request latency (metrics.json: request_latency); the vLLM backend times every request "
-             "by itself")
+        help="after the batched run, time the first N questions again one at a time (batch size 1, after a "
+             "warm-up): their latency_s then says what one lone request takes. Without it every request's "
+             "latency_s is its own finish time within its batch (both backends), which costs nothing")
     add("--overlong", choices=OVERLONG, default="warn",
         help="prompts that leave no room for --max_new_tokens in the model's context: warn (count them and run "
              "them as they are), skip them (left out of the run and counted), or truncate them (keep their last "
@@ -519,7 +519,7 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "grade_errors": grade.errors,  # a grader that crashed (RecursionError...) on this answer: graded incorrect
         "capped": completion.capped,
     }
-    if completion.latency_s is not None:  # the backend timed this request itself (vLLM)
+    if completion.latency_s is not None:  # this request's own time within its batch (hf) or engine step (vLLM)
         record.update(latency_s=completion.latency_s, latency_source=backend.name)
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record

@@ -43,8 +43,13 @@ def read_json(path: str | os.PathLike, *, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} not found: {path}")
+    return parse_json(path.read_text(encoding="utf-8"), path)
+
+
+def parse_json(text: str, path: str | os.PathLike) -> Any:
+    """JSON text read from `path`; a syntax error is reported as `file:line` with the parser's complaint."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 

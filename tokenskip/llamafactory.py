@@ -26,7 +26,7 @@ from tokenskip import layout, prompts
 from tokenskip.cli import StageParser
 from tokenskip.compress import DEFAULT_RATIOS, parse_ratios
 from tokenskip.errors import UsageError
-from tokenskip.jsonio import atomic_writer, read_jsonl
+from tokenskip.jsonio import atomic_writer, parse_json, read_jsonl
 from tokenskip.locking import locked
 from tokenskip.scorers import scorer_class
 
@@ -238,10 +238,7 @@ class _Registry:
         if not path.exists():
             return cls(path, {}, None)
         text = path.read_text(encoding="utf-8")
-        try:
-            info = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        info = parse_json(text, path)
         if not isinstance(info, dict):
             raise UsageError(f"{path} is not a JSON object; fix or remove it (nothing was changed)")
         return cls(path, info, text)

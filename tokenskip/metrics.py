@@ -34,12 +34,14 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
 
 def request_latency(records: list[dict]) -> dict | None:
     """Mean, median and 90th percentile of the per-request times on the records that have one
-    (`latency_s`: a --latency-probe pass, or the vLLM backend's own timings); None without any."""
-    times = sorted(r["latency_s"] for r in records if r.get("latency_s") is not None)
+    (`latency_s`); None without any. Times of one kind only: when a --latency-probe pass timed some
+    questions alone, just those, not mixed with the others' finish times within their batches."""
+    probed = [r for r in records if r.get("latency_source") == "probe"]
+    times = sorted(r["latency_s"] for r in probed or records if r.get("latency_s") is not None)
     if not times:
         return None
     return {"mean": sum(times) / len(times), "p50": statistics.median(times), "p90": _percentile(times, 0.9),
-            "n": len(times)}
+            "n": len(times), "basis": "alone (--latency-probe)" if probed else "within its batch"}
 
 
 def _percentile(ordered: list[float], share: float) -> float:

@@ -289,7 +289,10 @@ def latency_of(metrics: dict, original: dict | None) -> tuple[float | None, str 
     every question wait for its batch's longest, so it cannot show a shorter CoT's gain. Its mean,
     not p50, so that the long (often capped) outputs compression is meant to cut count."""
     own, theirs = _request_mean(metrics), _request_mean(original)
-    if own is not None and (original is None or theirs is not None):
+    # alone (a --latency-probe pass) and within a batch are different clocks: compare like with like
+    same_clock = original is None or (metrics.get("request_latency") or {}).get("basis") == (
+        original.get("request_latency") or {}).get("basis")
+    if own is not None and (original is None or theirs is not None) and same_clock:
         return own, "request", theirs / own if theirs and own else None
     batch = metrics.get("sample_latency")
     base = original.get("sample_latency") if original else None

@@ -13,8 +13,10 @@ without changing a single output bit (bench/bench_generation.py checks the texts
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
+from transformers import StoppingCriteria
 from transformers.cache_utils import Cache, DynamicLayer
 
 from tokenskip.backends import Completion, DecodingSettings
@@ -119,13 +121,41 @@ class HFBackend:
         if budget != config.max_new_tokens:
             config = copy.deepcopy(config)
             config.max_new_tokens = budget
-        output = self.model.generate(**batch, generation_config=config, **cache)
+        clock = FinishClock(len(prompts), self.stop_ids, device=batch.input_ids.device)
+        output = self.model.generate(**batch, generation_config=config, stopping_criteria=[clock], **cache)
+        finished = clock.finish_times(until=time.perf_counter())
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
-        return [self._completion(tokens) for tokens in new_tokens]
+        return [self._completion(tokens, latency) for tokens, latency in zip(new_tokens, finished)]
 
-    def _completion(self, tokens: list[int]) -> Completion:
+    def _completion(self, tokens: list[int], latency_s: float | None = None) -> Completion:
         stop = next((i + 1 for i, token in enumerate(tokens) if token in self.stop_ids), None)
         end = stop or len(tokens)
         text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
         # no stop token among the new ones: the budget ran out first (padding only follows a stop)
-        return Completion(text=text, n_tokens=end, capped=stop is None)
+        return Completion(text=text, n_tokens=end, capped=stop is None, latency_s=latency_s)
+
+
+class FinishClock(StoppingCriteria):
+    """When each sequence of a batch wrote its stop token, timed from the start of the call: the
+    request's own latency within its batch (prefill included), as vLLM reports arrival to finish.
+    A batch's wall time is its longest answer's; this shows that a shorter answer comes back sooner.
+    It never stops generation (the generation config's eos handling does), so outputs are unchanged."""
+
+    def __init__(self, batch_size: int, stop_ids: list[int], device) -> None:
+        self.start = time.perf_counter()
+        self.stop_ids = torch.tensor(stop_ids, device=device)
+        self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.times = [None] * batch_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        newly = torch.isin(input_ids[:, -1], self.stop_ids) & ~self.done
+        if newly.any():
+            now = time.perf_counter() - self.start
+            for row in newly.nonzero().flatten().tolist():
+                self.times[row] = now
+            self.done |= newly
+        return torch.zeros_like(self.done)
+
+    def finish_times(self, until: float) -> list[float]:
+        """Each sequence's finish time; one that never stopped finished when the call returned."""
+        return [t if t is not None else until - self.start for t in self.times]
