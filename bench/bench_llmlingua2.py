@@ -6,7 +6,7 @@ script runs it (for each ratio, for each CoT, `compress_prompt`), and `LLMLingua
 classification per CoT, every ratio from it). The outputs must be identical. Each side runs in
 its own process so that its peak resident memory is its own. Goal: at least 5x faster.
 
-    .venv/bin/python bench/bench_llmlingua2.py --n 50 [--options llama3] [--out /tmp/notes/llmlingua2_bench.md]
+    .venv/bin/python bench/bench_llmlingua2.py --n 50 [--options llama3] [--out RESULTS.md]
 """
 
 from __future__ import annotations

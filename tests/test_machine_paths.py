@@ -7,11 +7,10 @@ import re
 import pytest
 from conftest import ROOT
 
-# The files this check covers. bench/bench_llmlingua2.py and tokenskip/scorers/llmlingua2.py still
-# name /tmp/notes in their docstrings; add them here once that is gone.
+# The files this check covers: every entry point, shell script, package module and benchmark.
 CHECKED = sorted({*ROOT.glob("*.py"), ROOT / "eval.sh", *(ROOT / "scripts").glob("*.sh"),
-                  ROOT / "bench" / "bench_grading.py",
-                  *(ROOT / "tokenskip" / name for name in ("cli.py", "download.py", "embedded.py", "report.py"))})
+                  *(ROOT / "bench").glob("*.py"), *(ROOT / "bench").glob("*.sh"),
+                  *(ROOT / "tokenskip").rglob("*.py")})
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|Users|tmp/notes)(?:/|\b)|\bnotes/")
 
 

@@ -268,14 +268,16 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
     monkeypatch.setattr(evaluate, "create_backend", recording)
     [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
     records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
-    probed = [r for r in records if r.get("latency_source") == "probe"]
-    assert [r["id"] for r in probed] == [r["id"] for r in records[:3]]  # the first three, in dataset order
-    assert all(r["latency_s"] > 0 and r["latency_source"] == "probe" for r in probed)
+    probes = [t for t in read_lines(tmp_path / SAMPLES / "generation_log.jsonl") if t.get("probe")]
+    assert [t["ids"] for t in probes] == [[r["id"]] for r in records[:3]]  # the first three, in dataset order
+    assert all(t["latency_s"][0] > 0 for t in probes)
     assert calls[-4:] == [1, 1, 1, 1]  # one warm-up, then each probed question alone
+    times = sorted(t["latency_s"][0] for t in probes)
     latency = metrics["request_latency"]
-    assert latency["n"] == 3 and latency["mean"] == pytest.approx(sum(r["latency_s"] for r in probed) / 3)
-    assert latency["p50"] == sorted(r["latency_s"] for r in probed)[1]
+    assert latency["n"] == 3 and latency["mean"] == pytest.approx(sum(times) / 3)  # probes only, not mixed
+    assert latency["p50"] == times[1] and latency["basis"] == "alone (--latency-probe)"
     assert metrics["latency_probe"] == 3
+    assert not any("latency" in key for r in records for key in r)  # predictions hold no clock reading
 
     # rerun of the finished, probed run: nothing is generated or probed again
     monkeypatch.setattr(evaluate, "create_backend", lambda *a: pytest.fail("a probed run loaded a model"))
@@ -293,10 +295,12 @@ def test_outputs_that_hit_the_token_cap_are_counted(tiny_lm_dir, tmp_path):
     assert metrics["median_cot_length"] == sum(middle) / 2
     # without a probe, each request's latency is its own finish time within its batch (one batch of 4 here):
     # an answer that stopped sooner came back sooner, and the capped ones when the batch ended
-    assert metrics["request_latency"]["n"] == 4 and all(r["latency_source"] == "hf" for r in records)
+    [entry] = read_lines(tmp_path / SAMPLES / "generation_log.jsonl")
+    latency = dict(zip(entry["ids"], entry["latency_s"]))
+    assert metrics["request_latency"]["n"] == 4 and metrics["request_latency"]["basis"] == "within its batch"
     by_length = sorted(records, key=lambda r: (r["output_tokens"], r["capped"]))
-    assert [r["latency_s"] for r in by_length] == sorted(r["latency_s"] for r in records)
-    assert len({r["latency_s"] for r in records if r["capped"]}) <= 1
+    assert [latency[r["id"]] for r in by_length] == sorted(latency.values())
+    assert len({latency[r["id"]] for r in records if r["capped"]}) <= 1
 
 
 # ---------------------------------------------------------------- k samples per question

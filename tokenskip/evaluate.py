@@ -94,8 +94,9 @@ def build_parser() -> StageParser:
              "{name}.regraded.metrics.json beside it")
     add("--latency-probe", type=int, default=0, metavar="N",
         help="after the batched run, time the first N questions again one at a time (batch size 1, after a "
-             "warm-up): their latency_s then says what one lone request takes. Without it every request's "
-             "latency_s is its own finish time within its batch (both backends), which costs nothing")
+             "warm-up): request_latency then says what one lone request takes. Without it, it is each "
+             "request's own finish time within its batch (both backends), which costs nothing. Timings are "
+             "kept in generation_log.jsonl")
     add("--overlong", choices=OVERLONG, default="warn",
         help="prompts that leave no room for --max_new_tokens in the model's context: warn (count them and run "
              "them as they are), skip them (left out of the run and counted), or truncate them (keep their last "
@@ -330,19 +331,22 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
             backend_name = backend.name
         else:
             backend_name = read_json(samples_dir / RUN_SETTINGS)["backend"]
+        to_probe = [example.id for example in examples[:config.latency_probe]]
+        probed = {i for entry in timing.records if entry.get("probe") for i in entry["ids"]}
+        if not set(to_probe) <= probed:
+            if shared.backend is None:
+                shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
+            probe_latency(to_probe, prompt_of, shared.backend, settings.max_new_tokens, timing)
         records = log.records
         timings = timing.records
 
     by_id = {record["id"]: record for record in records}
     ordered = [by_id[example.id] for example in examples]
-    if config.latency_probe and not all(r.get("latency_source") == "probe" for r in ordered[:config.latency_probe]):
-        if shared.backend is None:
-            shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
-        probe_latency(ordered[:config.latency_probe], prompt_of, shared.backend, settings.max_new_tokens)
     write_jsonl_atomic(samples_dir / PREDICTIONS, ordered)
+    generation = [t for t in timings if not t.get("probe")]
     metrics = summarize(ordered, primary=config.grader,
-                        total_seconds=sum(t["seconds"] for t in timings),
-                        total_tokens=sum(t["tokens"] for t in timings))
+                        total_seconds=sum(t["seconds"] for t in generation),
+                        total_tokens=sum(t["tokens"] for t in generation), timings=timings)
     metrics.update(run_description(settings, config, backend_name))
     metrics["n_skipped_overlong"] = len(skipped)
     if config.n_samples > 1:
@@ -459,18 +463,17 @@ def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backen
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
-def probe_latency(records: list[dict], prompt_of: dict[str, str], backend: Backend, max_new_tokens: int) -> None:
-    """Time each question alone (batch size 1, after one untimed warm-up), as one user's request
-    would run: a batch's wall time says how long its longest answer took, not how long each took.
-    The timings go on the records (`latency_s`, `latency_tokens`); the answers already graded stay."""
-    if not records:
-        return
-    backend.generate([prompt_of[records[0]["id"]]], max_new_tokens)  # warm-up: allocations, kernels
-    for record in tqdm(records, desc="latency probe", unit="q", dynamic_ncols=True):
+def probe_latency(ids: list[str], prompt_of: dict[str, str], backend: Backend, max_new_tokens: int,
+                  timing: AppendLog) -> None:
+    """Time each question alone (batch size 1, after one short untimed warm-up), as one user's
+    request would run. The timings go to the timing log (`"probe": true` entries), never into
+    predictions.jsonl, which stays byte-identical between runs; the answers already graded stay."""
+    backend.generate([prompt_of[ids[0]]], min(8, max_new_tokens))  # warm-up: allocations, kernels
+    for example_id in tqdm(ids, desc="latency probe", unit="q", dynamic_ncols=True):
         start = time.perf_counter()
-        [completion] = backend.generate([prompt_of[record["id"]]], max_new_tokens)
-        record.update(latency_s=time.perf_counter() - start, latency_tokens=completion.n_tokens,
-                      latency_source="probe")
+        [completion] = backend.generate([prompt_of[example_id]], max_new_tokens)
+        timing.append({"probe": True, "ids": [example_id], "latency_s": [time.perf_counter() - start],
+                       "tokens": completion.n_tokens})
 
 
 def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log: AppendLog, timing: AppendLog,
@@ -491,8 +494,10 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
             log.append(prediction_record(example, prompt_of[example.id], completion, grade, backend, config))
             done.add(example.id)
         new_tokens = sum(completion.n_tokens for _, completion in new)
+        # each request's own latency (its finish time within the batch, or vLLM's) lives here, with the
+        # other timings, so that predictions.jsonl holds no clock reading and resumes byte-identical
         timing.append({"ids": [example.id for example, _ in new], "seconds": elapsed * len(new) / len(batch),
-                       "tokens": new_tokens})
+                       "tokens": new_tokens, "latency_s": [completion.latency_s for _, completion in new]})
         seconds += elapsed * len(new) / len(batch)
         tokens += new_tokens
         progress.update(len(new))
@@ -519,8 +524,6 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "grade_errors": grade.errors,  # a grader that crashed (RecursionError...) on this answer: graded incorrect
         "capped": completion.capped,
     }
-    if completion.latency_s is not None:  # this request's own time within its batch (hf) or engine step (vLLM)
-        record.update(latency_s=completion.latency_s, latency_source=backend.name)
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
 
@@ -599,16 +602,18 @@ def regrade(path: Path, *, primary: str, timeout: float) -> dict:
             previous = read_json(metrics_path) if metrics_path.exists() else {}
             timings_path = predictions.parent / GENERATION_LOG
             timings = read_jsonl(timings_path) if timings_path.exists() else []
+            generation = [t for t in timings if not t.get("probe")]
         else:
             stem = predictions.name.removesuffix(".jsonl")
             out_predictions = predictions.with_name(f"{stem}.regraded.jsonl")
             metrics_path = predictions.with_name(f"{stem}.regraded.metrics.json")
-            previous, timings = {"regraded_from": str(predictions)}, []
+            previous, timings, generation = {"regraded_from": str(predictions)}, [], []
         metrics = summarize(records, primary=primary,
-                            total_seconds=sum(t["seconds"] for t in timings) if timings else None,
-                            total_tokens=sum(t["tokens"] for t in timings) if timings else None)
-        if not timings:  # keep the speed numbers of the run that made the file
-            for key in ("sample_latency", "tokens_per_second"):
+                            total_seconds=sum(t["seconds"] for t in generation) if generation else None,
+                            total_tokens=sum(t["tokens"] for t in generation) if generation else None,
+                            timings=timings)
+        if not generation:  # keep the speed numbers of the run that made the file
+            for key in ("sample_latency", "tokens_per_second", "request_latency"):
                 metrics[key] = previous.get(key)
         write_jsonl_atomic(out_predictions, records)
         write_json_atomic(metrics_path, {**previous, **metrics})

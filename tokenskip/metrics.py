@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 
 
-def summarize(records: list[dict], *, primary: str, total_seconds: float | None, total_tokens: int | None) -> dict:
+def summarize(records: list[dict], *, primary: str, total_seconds: float | None, total_tokens: int | None,
+              timings: list[dict] = ()) -> dict:
     """Accuracy, CoT length and speed of one run, plus how the second grader agrees."""
     n = len(records)
     summary = {
@@ -18,7 +19,7 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         # batch wall time / n: every question of a batch waits for its longest, so this cannot show
         # a per-question gain; request_latency below is what one request takes
         "sample_latency": total_seconds / n if total_seconds is not None else None,
-        "request_latency": request_latency(records),
+        "request_latency": request_latency(timings),
         "tokens_per_second": total_tokens / total_seconds if total_seconds and total_tokens is not None else None,
         "n_invalid": sum(1 for r in records if not r["prediction"]),
         "grader": primary,
@@ -32,12 +33,12 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
     return summary
 
 
-def request_latency(records: list[dict]) -> dict | None:
-    """Mean, median and 90th percentile of the per-request times on the records that have one
-    (`latency_s`); None without any. Times of one kind only: when a --latency-probe pass timed some
-    questions alone, just those, not mixed with the others' finish times within their batches."""
-    probed = [r for r in records if r.get("latency_source") == "probe"]
-    times = sorted(r["latency_s"] for r in probed or records if r.get("latency_s") is not None)
+def request_latency(timings: list[dict]) -> dict | None:
+    """Mean, median and 90th percentile of the per-request times in a run's timing log (each entry's
+    `latency_s`, one per id); None without any. Times of one kind only: when a --latency-probe pass
+    timed some questions alone, just those, not mixed with the others' finish times in their batches."""
+    probed = [t for t in timings if t.get("probe")]
+    times = sorted(s for t in probed or timings for s in t.get("latency_s") or [] if s is not None)
     if not times:
         return None
     return {"mean": sum(times) / len(times), "p50": statistics.median(times), "p90": _percentile(times, 0.9),
