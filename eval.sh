@@ -13,7 +13,7 @@ BENCHMARK="${BENCHMARK:-gsm8k}"  # "gsm8k", "math"
 OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
 MODEL_PATH="${MODEL_PATH:-$(recorded MODEL_PATH)}"; MODEL_PATH="${MODEL_PATH:-models/Qwen2.5-7B-Instruct}"
 MODEL_SIZE="${MODEL_SIZE:-7b}"
-MODEL_TYPE="${MODEL_TYPE:-qwen}"  # "llama3", "qwen"
+MODEL_TYPE="${MODEL_TYPE:-auto}"  # "auto" (from the chat template), "qwen", "llama3", "chat"
 DATA_TYPE="${DATA_TYPE:-test}"    # "train", "test"
 DATA_PATH="${DATA_PATH:-}"        # empty: datasets/{gsm8k|math-500}/{split}.jsonl, else the hub
 
@@ -24,6 +24,10 @@ EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
 TEMPERATURE="${TEMPERATURE:-0.0}"
 SEED="${SEED:-42}"
 LATENCY_PROBE="${LATENCY_PROBE:-0}"  # N > 0: time the first N questions one at a time (per-request latency)
+TOP_P="${TOP_P:-1.0}"
+N_SAMPLES="${N_SAMPLES:-1}"  # K > 1 (with TEMPERATURE > 0): pass@1 over K samples, e.g. TEMPERATURE=0.6 TOP_P=0.95 N_SAMPLES=4
+THINKING="${THINKING:-auto}"  # chat models with a thinking switch (Qwen3): on, off, auto (the template's default)
+SYSTEM="${SYSTEM:-}"          # chat models: a system message (empty: none)
 
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
@@ -38,7 +42,9 @@ LABEL="${LABEL:-}"        # the runs' name in report.py's tables
 args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
       --max_new_tokens "$MAX_NEW_TOKENS" --eval_batch_size "$EVAL_BATCH_SIZE" --temperature "$TEMPERATURE"
-      --seed "$SEED" --benchmark "$BENCHMARK")
+      --seed "$SEED" --benchmark "$BENCHMARK" --top_p "$TOP_P" --n_samples "$N_SAMPLES")
+[ "$THINKING" != auto ] && args+=(--thinking "$THINKING")
+[ -n "$SYSTEM" ] && args+=(--system "$SYSTEM")
 [ -n "$MAX_NUM_EXAMPLES" ] && args+=(--max_num_examples "$MAX_NUM_EXAMPLES")
 [ -n "$DATA_PATH" ] && args+=(--data-path "$DATA_PATH")
 [ "$USE_ADAPTER" = 1 ] && args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)

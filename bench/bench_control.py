@@ -110,12 +110,12 @@ class Variant:
                 f"lr:{_num(self.lr)},rank:{self.rank}")
 
 
-DEMO = Variant("A", note="the demo recipe as it is")
+DEMO = Variant("A", note="the demo recipe before this bench (TokenSkip's rank 8, α 16; lr 3e-4)")
 # in run order: the most informative first (A is the reference every other row is read against)
 VARIANTS = [
     DEMO,
     Variant("E", scorer="worddrop", note="word-dropping rule instead of CTS (same CoTs)"),
-    Variant("G", lr=1e-3, rank=32, note="LoRA rank 32 (α 64) and lr 1e-3"),
+    Variant("G", lr=1e-3, rank=32, note="LoRA rank 32 (α 64) and lr 1e-3: the demo recipe since this bench"),
     Variant("I", scorer="worddrop", lr=1e-3, rank=32, note="E and G together: the levers that cost no time"),
     Variant("C", data="own-sampled", note="more distinct own CoTs by sampling"),
     Variant("B", epochs=3.0, note="3 epochs"),

@@ -15,6 +15,7 @@ SHARED_DATA = Path(os.environ.get("TOKENSKIP_DATA_DIR") or ROOT.parent / "shared
 if SHARED_DATA.is_dir():
     os.environ.setdefault("TOKENSKIP_DATA_DIR", str(SHARED_DATA))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_models import save_tiny_llama  # noqa: E402  (found through the line above)
 
 
 @pytest.fixture(scope="session")
@@ -28,17 +29,6 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory, smollm2_dir) -> Path:
     """A 2-layer random-weight Llama with SmolLM2's tokenizer: real code paths, millisecond steps."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), AutoTokenizer.from_pretrained(smollm2_dir))

@@ -228,16 +228,16 @@ def short_context_model(tiny_lm_dir, tmp_path_factory) -> Path:
 
 
 def test_overlong_prompts_are_counted_and_skipped_or_cut_on_request(short_context_model, tmp_path, capsys):
-    [warned] = evaluate.main(cli_args(short_context_model, tmp_path / "warn", "--max_num_examples", "4"))
+    # TokenSkip's fixed qwen prompt, whose lengths this test's 70-token context was sized for
+    qwen = ("--max_num_examples", "4", "--model-type", "qwen")
+    [warned] = evaluate.main(cli_args(short_context_model, tmp_path / "warn", *qwen))
     out = capsys.readouterr().out
     assert "warning: 2 of 4 prompts leave no room for 8 new tokens in the model's 70-token context" in out
     assert warned["n_samples"] == 4 and warned["n_skipped_overlong"] == 0
 
-    [skipped] = evaluate.main(cli_args(short_context_model, tmp_path / "skip", "--max_num_examples", "4",
-                                       "--overlong", "skip"))
+    [skipped] = evaluate.main(cli_args(short_context_model, tmp_path / "skip", *qwen, "--overlong", "skip"))
     assert skipped["n_samples"] == 2 and skipped["n_skipped_overlong"] == 2
-    [cut] = evaluate.main(cli_args(short_context_model, tmp_path / "cut", "--max_num_examples", "4",
-                                   "--overlong", "truncate"))
+    [cut] = evaluate.main(cli_args(short_context_model, tmp_path / "cut", *qwen, "--overlong", "truncate"))
     from tokenskip.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(short_context_model))

@@ -189,7 +189,7 @@ def test_importing_one_scorer_first_hides_no_other(first):
 def test_unknown_method_lists_every_method():
     from tokenskip.scorers import scorer_class
 
-    with pytest.raises(UsageError, match="choose from cts, llmlingua2, ner"):
+    with pytest.raises(UsageError, match="choose from cts, cts_authors, llmlingua2, ner"):
         scorer_class("nope")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip import layout
+from tokenskip import layout, prompts, thinking
 from tokenskip.errors import UsageError
 from tokenskip.jsonio import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tokenskip.layout import ratio_file  # stage 3 imports it from here too
@@ -97,18 +97,33 @@ def token_counter(tokenizer_path: str):
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def extract_cot(model_output: str, model_type: str) -> tuple[str | None, str]:
+def resolve_model_type(predictions: Path, model_type: str) -> str:
+    """The prompt format stage 1 used: `--model-type` as given, or for `auto` the one stage 1
+    recorded in its metrics.json (it resolved its own `auto` from the model's chat template)."""
+    if model_type != "auto":
+        return model_type
+    metrics = predictions.parent / layout.METRICS
+    return prompts.recorded_format(read_json(metrics).get("model_type") if metrics.exists() else None, metrics)
+
+
+def extract_cot(model_output: str, model_type: str, prompt: str = "") -> tuple[str | None, str]:
     """The CoT to compress, or None with the reason it is not usable.
 
-    qwen: the whole output, as the original compressed it, less a final-answer sentence that ends
-    it (see `without_final_answer_sentence`). llama3: the text before "The final answer is:";
-    without that marker, the text before the sentence holding the final `\\boxed{}` (the original
-    dropped those, keeping a fraction of the data).
+    A thinking output (one with `</think>`, any model type): the thinking, never the answer
+    section after it (see tokenskip/thinking.py). qwen and chat: the whole output, as the original
+    compressed it, less a final-answer sentence that ends it (see `without_final_answer_sentence`).
+    llama3: the text before "The final answer is:"; without that marker, the text before the
+    sentence holding the final `\\boxed{}` (the original dropped those, keeping a fraction of the data).
     """
     text = model_output.strip()
     if not text:
         return None, "empty output"
-    if model_type == "qwen":
+    split = thinking.split_output(model_output, prompt)
+    if split.is_thinking:
+        if not split.finished:
+            return None, "ran out of tokens inside <think>"
+        return (split.thinking, "kept") if split.thinking else (None, "empty thinking")
+    if model_type in ("qwen", "chat"):
         cot = without_final_answer_sentence(text)
         return (cot, "kept") if cot else (None, "no reasoning before the answer")
     if ANSWER_MARKER in model_output:
@@ -166,7 +181,7 @@ def prepare(predictions_path: Path, *, model_type: str, max_cot_tokens: int, cou
     formatted = []
     seen: set[tuple[str, str]] = set()  # (question, CoT): with --n_samples, one question's samples may repeat
     for record in correct:
-        cot, reason = extract_cot(record["model_output"], model_type)
+        cot, reason = extract_cot(record["model_output"], model_type, record.get("prompt", ""))
         if cot is not None and count_tokens(cot) > max_cot_tokens:
             cot, reason = None, f"longer than {max_cot_tokens} tokens"
         if cot is not None and (record.get("question_id", record["id"]), cot) in seen:
@@ -175,7 +190,9 @@ def prepare(predictions_path: Path, *, model_type: str, max_cot_tokens: int, cou
             dropped[reason] += 1
             continue
         seen.add((record.get("question_id", record["id"]), cot))
-        formatted.append({**record, "cot": cot})
+        split = thinking.split_output(record["model_output"], record.get("prompt", ""))
+        # a thinking output keeps its answer section, which stage 3 writes back verbatim after the thinking
+        formatted.append({**record, "cot": cot, **({"answer_section": split.answer} if split.is_thinking else {})})
     prepared = PreparedCoTs(correct, formatted, len(records), dropped)
     if not formatted:
         raise UsageError(nothing_to_compress(prepared, model_type))
@@ -213,6 +230,7 @@ def compressed_line(record: dict, cot: str, compressed: str, original_tokens: in
         "original_cot_tokens": original_tokens,
         "compressed_cot_tokens": compressed_tokens,
         "compression_rate": compressed_tokens / original_tokens if original_tokens else 1.0,
+        **({"answer_section": record["answer_section"]} if "answer_section" in record else {}),
     }
 
 
@@ -273,6 +291,7 @@ def run_stage(predictions: Path, out_folder: Path, *, model_type: str, max_cot_t
     if not predictions.is_file():
         raise UsageError(f"stage-1 predictions not found: {predictions} (it is written by {STAGE1})")
     samples = predictions.parent
+    model_type = resolve_model_type(predictions, model_type)
     with locked(samples, out_folder):
         count_tokens = token_counter(target_tokenizer_path(predictions, tokenizer_path))
         prepared = prepare(predictions, model_type=model_type, max_cot_tokens=max_cot_tokens,

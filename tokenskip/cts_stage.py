@@ -13,7 +13,12 @@ from pathlib import Path
 
 from tokenskip import compress, embedded, layout, prompts
 from tokenskip.cli import StageParser
+from tokenskip.errors import UsageError
 from tokenskip.scorers.cts import CTSScorer, check_reference_model
+from tokenskip.scorers.cts_authors import DEFAULT_MAX_THINKING_TOKENS, AuthorsCTSScorer
+
+# --selection: which tokens CTS keeps (bench/cts_modes.md compares the two)
+SELECTIONS = {"answer": CTSScorer, "authors": AuthorsCTSScorer}
 
 EXAMPLES = """examples:
   # offline, with the embedded reference model (python download_models.py --embedded)
@@ -21,6 +26,10 @@ EXAMPLES = """examples:
   # on a GPU, the target model as its own reference, one ratio only
   python CTS_data_get.py --input_data outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/train/samples/predictions.jsonl \\
       --reference_model models/Qwen2.5-7B-Instruct --compression_ratio 0.5
+  # the authors' own llmlingua call, long CoTs kept and cut to 5,000 target tokens, into CTS_Authors_Compression/
+  python CTS_data_get.py \\
+      --input_data outputs/DeepSeek-R1-Distill-Qwen-7B/math/7b/Original/train/samples/predictions.jsonl \\
+      --reference_model models/Qwen2.5-7B-Instruct --selection authors --max-cot-tokens 100000
 """
 
 
@@ -31,8 +40,17 @@ def build_parser() -> StageParser:
         help="stage-1 predictions.jsonl (Original/train/samples/ of evaluation.py --data-type train), "
              "or the predictions_formatted.jsonl written next to it")
     add("--output_data", default=None,
-        help=f"folder for the ratio files; default: {CTSScorer.output_folder}/ next to the Original/ folder "
-             "holding the input, else next to the input file")
+        help=f"folder for the ratio files; default: {CTSScorer.output_folder}/ ({AuthorsCTSScorer.output_folder}/ "
+             "with --selection authors) next to the Original/ folder holding the input, else next to the input file")
+    add("--selection", choices=sorted(SELECTIONS), default="answer",
+        help="answer: each token's log-probability gain from knowing the question and answer, top γ of the "
+             "CoT's units in one batched pass (the default); authors: the CTS authors' llmlingua call "
+             "(LongLLMLingua, conditioned on the question, iterative_size 1800), its output exactly, one CoT "
+             "at a time; its rate is not the kept share and short CoTs come back unpruned (bench/cts_modes.md)")
+    add("--max-thinking-tokens", type=int, default=None,
+        help=f"--selection authors: cut each CoT to this many target-model tokens before compressing, as the "
+             f"authors did (default {DEFAULT_MAX_THINKING_TOKENS}; 0: no cut). CoTs over --max-cot-tokens are "
+             "dropped before that, so raise --max-cot-tokens to keep long CoTs")
     add("--reference_model", default=str(embedded.default_dir()), help="causal LM that scores the CoT tokens")
     add("--compression_ratio", type=float, default=None,
         help="a single ratio γ in (0, 1); given alone, it is the only ratio")
@@ -41,13 +59,20 @@ def build_parser() -> StageParser:
              "unless --compression_ratio is given)")
     add("--tokenizer-path", default=None,
         help="target model's tokenizer, for token counts; default: the model recorded in stage 1's metrics.json")
-    add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="how the CoT is cut from the output")
+    add("--model-type", choices=prompts.MODEL_TYPES, default="auto",
+        help="how the CoT is cut from the output; auto: the prompt format stage 1 recorded")
     add("--max-cot-tokens", type=int, default=500, help="drop CoTs longer than this (target tokens)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: float32 on CPU, bf16 (or fp16) on GPU")
-    add("--batch-size", type=int, default=8, help="CoTs per forward pass (each is two sequences)")
-    add("--max-batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
+    add("--batch-size", type=int, default=8,
+        help="CoTs per forward pass (each is two sequences); --selection answer only")
+    add("--max-batch-tokens", type=int, default=8192, help="padded tokens per forward pass; --selection answer only")
+    add("--window", type=int, default=None,
+        help="--selection answer: tokens per scoring window of a long CoT (default: the reference model's context, "
+             "at most half of --max-batch-tokens); longer CoTs are scored in sliding windows")
+    add("--stride", type=int, default=None,
+        help="--selection answer: new CoT tokens each later window scores (default: half the window's room)")
     return parser
 
 
@@ -58,25 +83,39 @@ def chosen_ratios(compression_ratio: float | None, ratios: Sequence[float] | Non
     return compress.parse_ratios([*(ratios or []), *([] if compression_ratio is None else [compression_ratio])])
 
 
-def default_output_folder(predictions: Path) -> Path:
-    """`{model}/{benchmark}/{size}/CTS_Compression`, the sibling of the Original/ holding the input;
-    next to the input when it is not in the outputs layout."""
+def default_output_folder(predictions: Path, scorer: type = CTSScorer) -> Path:
+    """`{model}/{benchmark}/{size}/CTS_Compression` (the scorer's folder), the sibling of the Original/
+    holding the input; next to the input when it is not in the outputs layout."""
     model_folder = layout.model_dir_of_predictions(predictions)
     if model_folder is None:
-        return predictions.parent / CTSScorer.output_folder
-    return layout.compression_dir(model_folder, CTSScorer.name)
+        return predictions.parent / scorer.output_folder
+    return layout.compression_dir(model_folder, scorer.name)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     ratios = chosen_ratios(args.compression_ratio, args.ratios)
+    scorer_class = SELECTIONS[args.selection]
+    if args.max_thinking_tokens is not None and args.selection != "authors":
+        raise UsageError("--max-thinking-tokens applies to --selection authors only")
+    if args.selection == "authors" and (args.window is not None or args.stride is not None):
+        raise UsageError("--window and --stride apply to --selection answer only (the authors' call has its own "
+                         "1,800-token windows)")
+    if args.max_thinking_tokens is not None and args.max_thinking_tokens < 0:
+        raise UsageError("--max-thinking-tokens must be 0 (no cut) or positive")
     predictions = Path(args.input_data)
-    out_folder = Path(args.output_data) if args.output_data else default_output_folder(predictions)
+    out_folder = Path(args.output_data) if args.output_data else default_output_folder(predictions, scorer_class)
     reference_model = check_reference_model(args.reference_model)
 
     def make_scorer():
+        if args.selection == "authors":
+            # the cut counts tokens of the target model's tokenizer, the one that counts CoT tokens
+            max_thinking = DEFAULT_MAX_THINKING_TOKENS if args.max_thinking_tokens is None else args.max_thinking_tokens
+            target = compress.target_tokenizer_path(predictions, args.tokenizer_path) if max_thinking else None
+            return AuthorsCTSScorer(reference_model, device=args.device, dtype=args.dtype, target_tokenizer=target,
+                                    max_thinking_tokens=max_thinking)
         return CTSScorer(reference_model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                         max_batch_tokens=args.max_batch_tokens)
+                         max_batch_tokens=args.max_batch_tokens, window=args.window, stride=args.stride)
 
     return compress.run_stage(predictions, out_folder, model_type=args.model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,

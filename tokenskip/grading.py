@@ -34,11 +34,12 @@ from tokenskip.equivalence import (
     is_equivalent,
     latex_parser,
     load_math_verify,
+    math_verify_choice,
     math_verify_equivalent,
     quick_verdict,
 )
 from tokenskip.errors import UsageError
-from tokenskip.parsing import extract_answer
+from tokenskip.parsing import extract_answer, extract_choice
 
 # ---------------------------------------------------------------- registry
 
@@ -72,17 +73,50 @@ GRADERS: dict[str, AnswerGrader] = {
     ),
 }
 
+# Multiple choice (GPQA): the gold answer is an option letter. "tokenskip" reads the chosen letter
+# with `parsing.extract_choice`, cheaply and in-process; "math-verify" reads it its own way (in a
+# worker, like any Math-Verify call), so the second grader stays an independent opinion.
+CHOICE_GRADERS: dict[str, AnswerGrader] = {
+    "tokenskip": AnswerGrader(
+        verdict=lambda model_output, reference, question: _same_choice(model_output, reference),
+        shortcut=lambda model_output, reference, question: _same_choice(model_output, reference),
+    ),
+    "math-verify": AnswerGrader(
+        verdict=lambda model_output, reference, question: math_verify_choice(model_output, reference),
+        prepare=load_math_verify,
+    ),
+}
+
+# Which graders judge which answer format (`data.BENCHMARK_TABLE` gives each benchmark's format).
+# Every format has the same grader names, so --grader means the same thing on every benchmark.
+GRADERS_BY_FORMAT: dict[str, dict[str, AnswerGrader]] = {"math": GRADERS, "choice": CHOICE_GRADERS}
+ANSWER_FORMATS = tuple(GRADERS_BY_FORMAT)
+
+
+def _same_choice(model_output: str, reference: str) -> bool:
+    chosen = extract_choice(model_output)
+    return bool(chosen) and chosen == reference.strip().upper()
+
+
+def graders_for(answer_format: str) -> dict[str, AnswerGrader]:
+    try:
+        return GRADERS_BY_FORMAT[answer_format]
+    except KeyError:
+        raise UsageError(f"unknown answer format {answer_format!r}; choose from {', '.join(ANSWER_FORMATS)}") from None
+
 
 # ---------------------------------------------------------------- batch grading
 
 
 @dataclass(frozen=True)
 class GradeRequest:
-    """One answer to grade: the model's whole output against the gold answer string."""
+    """One answer to grade: the model's whole output against the gold answer string; `answer_format`
+    ("math", or "choice" for an option letter) picks the graders (`GRADERS_BY_FORMAT`)."""
 
     model_output: str
     reference: str
     question: str = ""
+    answer_format: str = "math"
 
 
 @dataclass(frozen=True)
@@ -90,7 +124,7 @@ class Grade:
     """The outcome for one request. A check that timed out or crashed counts as incorrect and is
     named in `timeouts` or `errors` (grader name -> what went wrong)."""
 
-    prediction: str  # the answer "tokenskip" extracted, for the record whichever grader is primary
+    prediction: str  # the answer (or option letter) "tokenskip" extracted, for the record whichever grader is primary
     correct: bool  # the primary grader's verdict
     verdicts: dict[str, bool]
     timeouts: tuple[str, ...] = ()
@@ -129,9 +163,10 @@ class Grader:
         errors: list[dict[str, str]] = [{} for _ in requests]
         jobs, owners = [], []
         for index, request in enumerate(requests):
+            graders = graders_for(request.answer_format)
             for name in self.graders:
                 try:
-                    settled = GRADERS[name].shortcut(request.model_output, request.reference, request.question)
+                    settled = graders[name].shortcut(request.model_output, request.reference, request.question)
                 except Exception as exc:  # a hostile answer must cost its own grade, not the batch
                     verdicts[index][name], errors[index][name] = False, _describe_error(exc)
                     continue
@@ -148,7 +183,7 @@ class Grader:
                 errors[index][name] = outcome.error
         return [
             Grade(
-                prediction=_prediction(request.model_output),
+                prediction=_prediction(request.model_output, request.answer_format),
                 correct=verdicts[i][self.primary],
                 verdicts={name: verdicts[i][name] for name in self.graders},
                 timeouts=tuple(timeouts[i]),
@@ -167,11 +202,11 @@ class Grader:
         self.close()
 
 
-def _prediction(model_output: str) -> str:
+def _prediction(model_output: str, answer_format: str = "math") -> str:
     """The extracted answer for the record; empty if extraction itself crashes, so that the record
     is kept (the "tokenskip" grader, which extracts the same way, records the crash as its error)."""
     try:
-        return extract_answer(model_output)
+        return extract_choice(model_output) if answer_format == "choice" else extract_answer(model_output)
     except Exception:
         return ""
 
@@ -360,7 +395,8 @@ def serve_worker() -> None:
 
     try:
         for name in sys.argv[1:]:
-            GRADERS[name].prepare()
+            for graders in GRADERS_BY_FORMAT.values():
+                graders[name].prepare()
     except UsageError as exc:
         reply({"fatal": str(exc)})
         return
@@ -368,7 +404,8 @@ def serve_worker() -> None:
     for line in sys.stdin.buffer:
         job = json.loads(line)
         try:
-            verdict = GRADERS[job["grader"]].verdict(job["model_output"], job["reference"], job["question"])
+            graders = GRADERS_BY_FORMAT[job.get("answer_format", "math")]
+            verdict = graders[job["grader"]].verdict(job["model_output"], job["reference"], job["question"])
             reply({"id": job["id"], "verdict": bool(verdict)})
         except Exception as exc:  # RecursionError, MemoryError, a library bug: incorrect, not fatal
             reply({"id": job["id"], "error": _describe_error(exc)})

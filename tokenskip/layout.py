@@ -29,7 +29,8 @@ RUN_FOLDERS = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "
                "prompt": "PromptReduction"}
 METHOD_OF_FOLDER = {folder: method for method, folder in RUN_FOLDERS.items()}
 # stage 2's output folder per compression method (next to Original/)
-COMPRESSION_FOLDERS = {"llmlingua2": "Compression", "ner": "NER_Enhanced_Compression", "cts": "CTS_Compression"}
+COMPRESSION_FOLDERS = {"llmlingua2": "Compression", "ner": "NER_Enhanced_Compression", "cts": "CTS_Compression",
+                       "cts_authors": "CTS_Authors_Compression"}
 
 SAMPLES = "samples"
 PREDICTIONS = "predictions.jsonl"

@@ -31,8 +31,9 @@ def build_parser(method: str) -> StageParser:
         help="the model's outputs folder holding Original/train/samples/predictions.jsonl "
              f"(default: {layout.DEFAULT_OUTPUT_DIR}{{model-size}}/)")
     add("--model-size", default="7b", help="names the default input folder")
-    add("--model-type", choices=prompts.MODEL_TYPES, default="qwen",
-        help="TokenSkip's LLMLingua-2 options and CoT extraction for this target model")
+    add("--model-type", choices=prompts.MODEL_TYPES, default="auto",
+        help="TokenSkip's LLMLingua-2 options and CoT extraction for this target model; auto: the prompt format "
+             "stage 1 recorded")
     add("--llmlingua-path", default=DEFAULT_LLMLINGUA,
         help="LLMLingua-2 token classifier: a local folder, or a hub name (models/<name> is used when present)")
     add("--benchmark", choices=("gsm8k", "math"), default="gsm8k")
@@ -81,9 +82,11 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
     scorer_type = scorer_class(method)
 
     def make_scorer():
-        from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE
+        from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE, QWEN_OPTIONS
 
-        return scorer_type(llmlingua_path, options=OPTIONS_BY_MODEL_TYPE[args.model_type], device=args.device,
+        # chat models get the qwen options (no forced words): TokenSkip tuned llama3's for its prompt only
+        options = OPTIONS_BY_MODEL_TYPE.get(compress.resolve_model_type(predictions, args.model_type), QWEN_OPTIONS)
+        return scorer_type(llmlingua_path, options=options, device=args.device,
                            dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
 
     return compress.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=args.model_type,

@@ -22,16 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tokenskip import layout, prompts
+from tokenskip import layout, prompts, templates, thinking
 from tokenskip.cli import StageParser
 from tokenskip.compress import DEFAULT_RATIOS, parse_ratios
 from tokenskip.errors import UsageError
-from tokenskip.jsonio import atomic_writer, parse_json, read_jsonl
+from tokenskip.jsonio import atomic_writer, parse_json, read_json, read_jsonl
 from tokenskip.locking import locked
 from tokenskip.scorers import scorer_class
 
 # LLaMA-Factory's alpaca columns, as the hybrid design registered them
 DATASET_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+# records of a chat model prompted with --system carry it; only their registration names the column
+SYSTEM_COLUMN = {"system": "system"}
+
+
+def dataset_columns(content: bytes | None) -> dict:
+    """The registry's column map for a data file: the system column only when its records have one."""
+    if content is None:
+        return DATASET_COLUMNS
+    try:
+        records = json.loads(content)
+    except ValueError:
+        return DATASET_COLUMNS
+    first = records[0] if isinstance(records, list) and records else {}
+    return {**DATASET_COLUMNS, **SYSTEM_COLUMN} if isinstance(first, dict) and "system" in first else DATASET_COLUMNS
 
 
 def final_answer_text(answer) -> str:
@@ -49,12 +63,16 @@ def training_input(question: str, ratio: float, model_type: str) -> str:
     return user.removeprefix(prompts.INSTRUCTION + "\n")
 
 
-def training_record(question: str, cot: str, answer, ratio: float, model_type: str) -> dict:
-    return {
-        "instruction": prompts.INSTRUCTION,
-        "input": training_input(question, ratio, model_type),
-        "output": f"{cot}{prompts.ANSWER_MARKER} $\\boxed{{{final_answer_text(answer)}}}$",
-    }
+def training_record(question: str, cot: str, answer, ratio: float, model_type: str,
+                    answer_section: str | None = None, system: str | None = None) -> dict:
+    """One LLaMA-Factory record. A thinking model's target is its (compressed) thinking inside
+    `<think>…</think>` and then its own answer section, verbatim; other models' is the CoT and
+    TokenSkip's final-answer sentence. `system`: the chat system message stage 1 used, if any."""
+    output = (thinking.thinking_output(cot, answer_section) if answer_section is not None
+              else f"{cot}{prompts.ANSWER_MARKER} $\\boxed{{{final_answer_text(answer)}}}$")
+    record = {"instruction": prompts.INSTRUCTION, "input": training_input(question, ratio, model_type),
+              "output": output}
+    return {**record, "system": system} if system else record
 
 
 def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple[list[dict], dict[float, dict]]:
@@ -84,7 +102,7 @@ def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple
 
 
 def build_records(originals: list[dict], compressed: dict[float, dict], *, model_type: str, mix: str,
-                  seed: int) -> tuple[list[dict], Counter]:
+                  seed: int, system: str | None = None) -> tuple[list[dict], Counter]:
     """`sample`: one γ per question drawn uniformly from {1.0} ∪ ratios (the original);
     `all`: every γ for every question. Then shuffled, with the original's seeded RNG use."""
     rng = random.Random(seed)
@@ -95,11 +113,11 @@ def build_records(originals: list[dict], compressed: dict[float, dict], *, model
         for ratio in picked:
             if ratio == 1.0:
                 record = training_record(original["messages"][0]["content"], original["cot"], original["prediction"],
-                                         1.0, model_type)
+                                         1.0, model_type, original.get("answer_section"), system)
             else:
                 line = compressed[ratio][original["id"]]
                 record = training_record(line["question"], line["compressed_cot"], line["model_answer"], ratio,
-                                         model_type)
+                                         model_type, original.get("answer_section"), system)
             records.append(record)
             per_ratio[ratio] += 1
     rng.shuffle(records)
@@ -171,7 +189,6 @@ def install(llamafactory_dir: Path, file_name: str, *, source: Path | None = Non
     data_dir = _data_dir(llamafactory_dir)
     target = data_dir / file_name
     name = Path(file_name).stem
-    entry = {"file_name": Path(file_name).name, "columns": DATASET_COLUMNS}
     info_path = data_dir / INFO_FILE
     # a symlinked file is written through to its target, whose folder then needs the lock as well
     folders = {data_dir, _real(info_path).parent, _real(target).parent, *also_lock}
@@ -180,6 +197,8 @@ def install(llamafactory_dir: Path, file_name: str, *, source: Path | None = Non
             if not source.is_file():
                 raise UsageError(f"{source} does not exist: run get_llamafactory_input.py first")
             content = source.read_bytes()
+        data = content if content is not None else (target.read_bytes() if target.is_file() else None)
+        entry = {"file_name": Path(file_name).name, "columns": dataset_columns(data)}
         # 1. the checks: nothing is written before all of them pass
         copy_needed = content is not None and _file_needs_writing(target, content, overwrite)
         if content is None and register and not target.is_file():
@@ -343,6 +362,24 @@ def _data_dir(llamafactory_dir: Path) -> Path:
     return data_dir
 
 
+def stage1_description(input_dir: Path) -> dict:
+    """What stage 1 recorded about its run (prompt format, chat family, system message); {} if unknown."""
+    metrics = layout.stage1_samples(input_dir) / layout.METRICS
+    return read_json(metrics) if metrics.is_file() else {}
+
+
+def training_template_note(model_type: str, family_name: str | None) -> str:
+    """Which LLaMA-Factory template renders this data into evaluation.py's prompt (tokenskip/templates.py)."""
+    family = templates.family_named(family_name or "")
+    if model_type != "chat":
+        return f"train with LLaMA-Factory's template: {model_type} (configs/examples/train_lora/)"
+    if not family.llamafactory_template:
+        return ("train with the LLaMA-Factory template that renders this model's chat template (its family is not "
+                "in tokenskip/templates.py: check that the rendered prompt equals evaluation.py's)")
+    system = f", default_system: {family.default_system!r}" if family.default_system else ""
+    return f"train with LLaMA-Factory's template: {family.llamafactory_template}{system} ({family.name} family)"
+
+
 def default_output_file(benchmark: str, method: str, model_type: str, model_size: str) -> Path:
     return Path("outputs") / f"mydataset_compressed_{benchmark}_{method}_{model_type}_{model_size.upper()}.json"
 
@@ -354,9 +391,11 @@ def build_parser() -> StageParser:
         help="the model's outputs folder holding Original/ and the compression folders "
              f"(default: {layout.DEFAULT_OUTPUT_DIR}{{model-size}}/)")
     add("--model-size", default="7b", help="names the default input folder and output file")
-    add("--model-type", choices=prompts.MODEL_TYPES, default="qwen", help="prompt format the data is built for")
+    add("--model-type", choices=prompts.MODEL_TYPES, default="auto",
+        help="prompt format the data is built for; auto: the one stage 1 used (recorded in its metrics.json)")
     add("--benchmark", choices=("gsm8k", "math"), default="gsm8k")
-    add("--method", default="llmlingua2", help="compression method: llmlingua2, ner or cts")
+    add("--method", default="llmlingua2",
+        help="compression method: llmlingua2, ner, cts or cts_authors (the stage-2 folder it reads)")
     add("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), help="compressed ratios to use")
     add("--mix", choices=("sample", "all"), default="sample",
         help="sample: one γ per question, drawn uniformly from {1.0} ∪ ratios (the original); all: every γ")
@@ -374,16 +413,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     scorer_class(args.method)  # an unknown method fails here, before any file is read
     ratios = parse_ratios(args.ratios)
     input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
-    output_file = Path(args.output_file or default_output_file(args.benchmark, args.method, args.model_type,
+    stage1 = stage1_description(input_dir)
+    model_type = args.model_type if args.model_type != "auto" else prompts.recorded_format(
+        stage1.get("model_type"), layout.stage1_samples(input_dir) / layout.METRICS)
+    output_file = Path(args.output_file or default_output_file(args.benchmark, args.method, model_type,
                                                                args.model_size))
     if args.llamafactory_dir:
         _data_dir(Path(args.llamafactory_dir))  # refuse a wrong folder before writing anything
     originals, compressed = load_aligned(input_dir, args.method, ratios)
-    records, per_ratio = build_records(originals, compressed, model_type=args.model_type, mix=args.mix,
-                                       seed=args.seed)
+    records, per_ratio = build_records(originals, compressed, model_type=model_type, mix=args.mix,
+                                       seed=args.seed, system=stage1.get("system") if model_type == "chat" else None)
     content = (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     counts = ", ".join(f"γ={ratio}: {per_ratio[ratio]}" for ratio in [1.0, *ratios])
     print(f"{len(records)} training records from {len(originals)} questions ({counts})")
+    print(training_template_note(model_type, stage1.get("chat_family")))
 
     def write_output() -> None:
         with atomic_writer(output_file, "wb") as handle:

@@ -30,7 +30,27 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         summary["second_grader_accuracy"] = sum(second for _, second in verdicts) / len(verdicts)
         summary["grader_disagreements"] = sum(first != second for first, second in verdicts)
     summary["grading_timeouts"] = sum(len(r.get("grade_timeouts", [])) for r in records)
+    thinking = thinking_summary(records)
+    if thinking:
+        summary["thinking"] = thinking
     return summary
+
+
+def thinking_summary(records: list[dict]) -> dict | None:
+    """Thinking and answer tokens apart, for runs of a reasoning model (records with `thinking_tokens`);
+    `n_unfinished`: outputs that hit the token limit inside <think> (no answer, graded incorrect)."""
+    thinking = [r for r in records if "thinking_tokens" in r]
+    if not thinking:
+        return None
+    finished = [r for r in thinking if r.get("thinking_finished", True)]
+    return {
+        "n": len(thinking),
+        "n_unfinished": len(thinking) - len(finished),
+        "mean_thinking_tokens": sum(r["thinking_tokens"] for r in thinking) / len(thinking),
+        "median_thinking_tokens": statistics.median(r["thinking_tokens"] for r in thinking),
+        "mean_answer_tokens": (sum(r["answer_tokens"] for r in finished) / len(finished)) if finished else None,
+        "accuracy_finished": (sum(bool(r["accuracy"]) for r in finished) / len(finished)) if finished else None,
+    }
 
 
 def request_latency(timings: list[dict]) -> dict | None:

@@ -188,3 +188,64 @@ def _slash_to_frac(text: str) -> str:
         return text
     sign, numerator, denominator = quotient.groups()
     return f"{sign}\\frac{{{numerator}}}{{{denominator}}}"
+
+
+# ---------------------------------------------------------------- multiple choice
+
+# GPQA's four options, lettered as lighteval and simple-evals letter them
+CHOICE_LETTERS = "ABCD"
+# Model outputs are hostile input: every repetition below is possessive (`*+`), so that no run of
+# stars or spaces can make the regex engine try its exponentially many splits, and each pattern is
+# matched in place (`match(text, position)`), never on a copied tail, so many phrases stay linear.
+# "the answer is", "Answer:", "**Final Answer**:", "the correct option is", "correct choice:"
+_CHOICE_PHRASE = re.compile(
+    r"\b(?:answer|correct\s++(?:option|choice))\s*+(?:\*++\s*+)?(?:is\b|:)\s*+:?", re.IGNORECASE
+)
+# A letter after any opening wrappers: `(C)`, `**C**`, `$C$`, `\text{C}`, `\textbf{(C)}`, `[C]`.
+_CHOICE_TOKEN = re.compile(
+    r"\s*+(?P<wrap>(?:(?:\\(?:text|textbf|textrm|mathrm|mathbf)\s*+\{|\*++|\$|[(\[{])\s*+)*+)"
+    r"(?P<letter>[A-Za-z])(?![A-Za-z0-9])"
+)
+# what may follow a letter that stands alone: closing wrappers and punctuation, then the line ends
+_ALONE_UNTIL_LINE_END = re.compile(r"[ \t\r\f\v)\]}*$.,;:!]*+(?:\n|\Z)")
+
+
+def extract_choice(text: str, letters: str = CHOICE_LETTERS) -> str:
+    """The option letter a model chose, in upper case; empty when it states none.
+
+    Looks, in order, for the last `\\boxed{}` that holds an option (`\\boxed{C}`, `\\boxed{(c)}`,
+    `\\boxed{\\text{C}}`, `\\boxed{C) 4 nm}`); then the last stated answer ("the answer is (C)",
+    "Answer: C", "**Final Answer:** c", "the correct option is C"); then a last line that holds
+    nothing but an option ("C", "(C)", "**C**"). Letters elsewhere in the reasoning ("option B is
+    wrong") never count, and a lower-case letter counts only where it cannot be the English word
+    "a" ("(a)", "**a**", or alone at the end of its line), so "the answer is a bit larger" names
+    no option. Pure regular expressions, linear in the text: the text is never evaluated.
+    """
+    for content in reversed(extract_boxed(text)):
+        letter = _leading_choice(content, 0, letters, boxed=True)
+        if letter:
+            return letter
+    for phrase in reversed(list(_CHOICE_PHRASE.finditer(text))):
+        letter = _leading_choice(text, phrase.end(), letters, boxed=False)
+        if letter:
+            return letter
+    last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    return _leading_choice(last_line, 0, letters, boxed=False, alone=True)
+
+
+def _leading_choice(text: str, position: int, letters: str, *, boxed: bool, alone: bool = False) -> str:
+    """The option letter `text` holds at `position` (after wrappers such as `(`, `**`, `\\text{`), or
+    ""; `alone`: only when nothing but closing punctuation follows it on its line."""
+    match = _CHOICE_TOKEN.match(text, position)
+    if not match or match.group("letter").upper() not in letters.upper():
+        return ""
+    letter, end = match.group("letter"), match.end()
+    ends_here = bool(_ALONE_UNTIL_LINE_END.match(text, end))
+    if alone and not ends_here:
+        return ""
+    if boxed:
+        # the whole box, or the option's letter before its text (`C) 4 nm`, `C: ...`); not `B^2`
+        return letter.upper() if ends_here or text[end:end + 1] in (")", ".", ":") else ""
+    if letter.isupper() or match.group("wrap") or ends_here:
+        return letter.upper()
+    return ""

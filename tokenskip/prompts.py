@@ -7,7 +7,10 @@ model sees. The ratio is rendered with Python's `str(float)` (`0.5`, `0.9`), as 
 
 from __future__ import annotations
 
-MODEL_TYPES = ("qwen", "llama3")
+# how a prompt is built: TokenSkip's two fixed prompts, or the model's own chat template
+PROMPT_FORMATS = ("qwen", "llama3", "chat")
+# what --model-type accepts: auto picks one of PROMPT_FORMATS from the chat template (tokenskip/templates.py)
+MODEL_TYPES = ("auto", *PROMPT_FORMATS)
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN_SYSTEM = "You are a helpful assistant."
 # What the model writes after its reasoning; the CoT is everything before it.
@@ -31,20 +34,33 @@ def user_content(question: str, ratio: float, model_type: str, eos: str = "", re
     was never trained on the tag, so it is asked in words instead.
     """
     if request:
-        separator = "" if model_type == "qwen" else "\n"
+        separator = "\n" if model_type == "llama3" else ""
         return f"{INSTRUCTION}\n{question}\n{request}{separator}"
-    if model_type == "qwen":
+    if model_type in ("qwen", "chat"):
+        # chat models get the tag the released adapters learned, literally, right after the question
         tag = f"<|eot_id|>{ratio_tag(ratio)}<|eot_id|>" if ratio < 1.0 else ""
         return f"{INSTRUCTION}\n{question}{tag}"
     if model_type == "llama3":
         tag = f"{eos}{ratio_tag(ratio)}{eos}" if ratio < 1.0 else ""
         return f"{INSTRUCTION}\n{question}\n{tag}"
-    raise ValueError(f"unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
+    raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")
 
 
 def build_prompt(question: str, *, model_type: str, ratio: float = 1.0, bos: str = "", eos: str = "",
-                 request: str = "") -> str:
-    """The full generation prompt; `bos`/`eos` are the tokenizer's (needed for llama3 only)."""
+                 request: str = "", tokenizer=None, system: str | None = None, thinking: bool | None = None) -> str:
+    """The full generation prompt; `bos`/`eos` are the tokenizer's (needed for llama3 only).
+
+    `chat`: the tokenizer's own chat template renders one user turn (and a system turn only when
+    `system` is given); `thinking` is passed to templates with a thinking switch (Qwen3's
+    `enable_thinking`), None leaves the template's default.
+    """
+    if model_type == "chat":
+        if tokenizer is None:
+            raise ValueError("the chat prompt format needs the tokenizer")
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user_content(question, ratio, model_type, request=request)})
+        switches = {} if thinking is None else {"enable_thinking": thinking}
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **switches)
     if model_type == "qwen":
         return (
             f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n"
@@ -57,7 +73,18 @@ def build_prompt(question: str, *, model_type: str, ratio: float = 1.0, bos: str
             f"{user_content(question, ratio, model_type, eos, request)}{eos}"
             "<|start_header_id|>assistant<|end_header_id|>\n\n"
         )
-    raise ValueError(f"unknown model type {model_type!r}; expected one of {MODEL_TYPES}")
+    raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")
+
+
+def recorded_format(recorded: str | None, where) -> str:
+    """The prompt format stage 1 recorded (in `where`), for the later stages' `--model-type auto`.
+    Nothing recorded: qwen, TokenSkip's default before the chat formats existed, said aloud."""
+    if recorded in PROMPT_FORMATS:
+        return recorded
+    if recorded is None:
+        print(f"--model-type auto: {where} records no prompt format; using qwen (pass --model-type to choose)")
+        return "qwen"
+    raise ValueError(f"{where} records an unknown prompt format {recorded!r}")
 
 
 def cot_of(model_output: str) -> str:

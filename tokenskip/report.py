@@ -78,6 +78,8 @@ class Row:
     n_both_correct_self: int | None = None
     # adapter rows: stage 2's mean actual ratio of the training CoTs at this γ, per compression method
     train_data_ratios: dict[str, float] | None = None
+    # reasoning models: metrics.json's "thinking" (thinking and answer tokens apart, outputs cut off in <think>)
+    thinking: dict | None = None
 
 
 @dataclass
@@ -362,6 +364,7 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
             n_both_correct_original=n_original_correct,
             n_both_correct_self=n_self_correct,
             train_data_ratios=train_data or None,
+            thinking=metrics.get("thinking"),
         ))
     order = {run.label: list(METHOD_NAMES).index(run.method) if run.method in METHOD_NAMES else len(METHOD_NAMES)
              for run in runs}
@@ -472,6 +475,19 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
                     f"{_fmt(summary.mean_abs_error, '{:.3f}')} | "
                     f"{', '.join(f'{ratio:g}' for ratio in summary.targets) or '–'} | {_monotonic(summary)} | "
                     f"{summary.inversions} of {summary.pairs} pairs |")
+        thinking_rows = [row for row in table.rows if row.thinking]
+        if thinking_rows:
+            lines += ["", "### Thinking and answer", "",
+                      "| method | target γ | thinking tokens (mean) | thinking tokens (median) | answer tokens "
+                      "| cut off in <think> | accuracy of finished |", "|---|---|---|---|---|---|---|"]
+            for row in thinking_rows:
+                think = row.thinking
+                finished = think.get("accuracy_finished")
+                lines.append(
+                    f"| {row.method} | {row.ratio:g} | {think['mean_thinking_tokens']:.1f} | "
+                    f"{think['median_thinking_tokens']:.1f} | {_fmt(think.get('mean_answer_tokens'), '{:.1f}')} | "
+                    f"{think['n_unfinished']} of {think['n']} | "
+                    f"{_fmt(None if finished is None else 100 * finished, '{:.1f}%')} |")
         lines.append("")
     lines += ["Accuracy is the primary grader's. Actual ratio = mean CoT tokens / the original run's; "
               "speed-up = the original's latency per sample / this run's, on the row's latency basis: request = "

@@ -68,11 +68,13 @@ def create_backend(config, settings, tokenizer, adapter_config: dict | None) -> 
         import torch
 
         from tokenskip.backends.vllm import VLLMBackend
+        from tokenskip.modeling import context_length
 
         tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
         return VLLMBackend(settings.model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
                            dtype=config.dtype, adapter_path=settings.adapter_path,
-                           adapter_rank=(adapter_config or {}).get("r", 8))
+                           adapter_rank=(adapter_config or {}).get("r", 8),
+                           context=context_length(settings.model_path))
     from tokenskip.backends.hf import HFBackend
     from tokenskip.modeling import resolve_device, resolve_dtype
 

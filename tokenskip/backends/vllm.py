@@ -12,6 +12,18 @@ CHUNK_SIZE = 512
 SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
+# room left for the prompt when vLLM's context is sized from --max_new_tokens
+PROMPT_ROOM = 4096
+
+
+def max_model_len(max_new_tokens: int, context: int | None) -> int | None:
+    """vLLM's `max_model_len`: what the run needs (the generation budget plus room for the prompt),
+    never more than the model's own context. Left to vLLM (the model's full context, 128k tokens for
+    R1-distill) it may not fit the KV cache, and vLLM refuses to start; sized to the run it does."""
+    wanted = max_new_tokens + PROMPT_ROOM
+    return min(wanted, context) if context else wanted
+
+
 def lora_rank_limit(adapter_rank: int) -> int:
     return next((rank for rank in SUPPORTED_LORA_RANKS if rank >= adapter_rank), adapter_rank)
 
@@ -21,7 +33,7 @@ class VLLMBackend:
     chunk_size = CHUNK_SIZE
 
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, tensor_parallel_size: int,
-                 dtype: str, adapter_path: str | None = None, adapter_rank: int = 8):
+                 dtype: str, adapter_path: str | None = None, adapter_rank: int = 8, context: int | None = None):
         from vllm import LLM, SamplingParams
 
         self.tokenizer = tokenizer
@@ -34,6 +46,7 @@ class VLLMBackend:
             seed=settings.seed,
             trust_remote_code=True,
             generation_config="vllm",  # ignore the model's sampling defaults, as the hf backend does
+            max_model_len=max_model_len(settings.max_new_tokens, context),
             **lora_options,
         )
         self.settings = settings

@@ -26,6 +26,7 @@ SCORERS = {
     "llmlingua2": "tokenskip.scorers.llmlingua2:LLMLingua2Scorer",
     "ner": "tokenskip.scorers.ner:NERScorer",
     "cts": "tokenskip.scorers.cts:CTSScorer",
+    "cts_authors": "tokenskip.scorers.cts_authors:AuthorsCTSScorer",
 }
 
 

@@ -30,11 +30,16 @@ order, decoded as one id sequence with leading whitespace stripped. The ranking 
 γ, so one scoring pass serves every ratio and smaller ratios keep subsets of larger ones.
 Whitespace after the last visible token belongs to no unit and is dropped.
 
-A sequence longer than the model's context is handled by truncation and windows: the shared prefix
-keeps at most half the context (the question loses its start, then the answer line if it must),
-and a CoT that does not fit after it is scored in windows: the first fills the room left after the
-prefix, each later one scores the next half of that room with the CoT tokens just before them as
-context (both passes use the same windows, so s_i compares like with like).
+Long CoTs are scored in sliding windows, so that no forward pass reads more than one window of W
+tokens however long the CoT: W is the model's context, or `window` if smaller, and at most half of
+`max_batch_tokens` (a window's two passes run together, so a pass never exceeds the token budget
+and memory stays bounded: the logits of a pass are its tokens times the vocabulary). The shared
+prefix keeps at most W/2 tokens (the question loses its start, then the answer line if it must);
+the first window fills the room R = W - prefix with the CoT's first tokens; each later one scores
+the next `stride` tokens (default R/2) with the R - stride CoT tokens just before them as context.
+Every CoT token is scored exactly once, and both passes use the same windows, so s_i compares like
+with like. A CoT that fits in the first window is scored in one pass per prompt layout, exactly as
+if there were no windows.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ SEPARATOR = "\n\n"
 ANSWER_LINE = ANSWER_MARKER.strip() + " {answer}"  # "The final answer is: {answer}"
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 FALLBACK_CONTEXT = 2048
+MIN_WINDOW = 16  # room for BOS, two separators and some CoT in every window
+LOGPROB_SLICE_ELEMENTS = 1 << 25  # logits turned into log-probabilities at a time (128 MiB in float32)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ class CTSScorer(Scorer):
 
     `batch_size` counts CoT windows per forward pass (each is two sequences); `max_batch_tokens`
     bounds the padded tokens of a forward pass. `max_length` overrides the model's context size.
+    `window` caps the tokens of one sequence (prefix included) below the context, and `stride` sets
+    how many new CoT tokens each window after the first scores (see the module's docstring).
     """
 
     name = "cts"
@@ -156,6 +165,8 @@ class CTSScorer(Scorer):
         batch_size: int = 8,
         max_batch_tokens: int = 8192,
         max_length: int | None = None,
+        window: int | None = None,
+        stride: int | None = None,
         progress: bool = True,
     ):
         from tokenskip.modeling import (
@@ -168,6 +179,13 @@ class CTSScorer(Scorer):
 
         if batch_size < 1 or max_batch_tokens < 1:
             raise UsageError("--batch-size and --max-batch-tokens must be positive")
+        if window is not None and window < MIN_WINDOW:
+            raise UsageError(f"--window must be at least {MIN_WINDOW} tokens, got {window}")
+        if window is not None and 2 * window > max_batch_tokens:
+            raise UsageError(f"--window {window} needs --max-batch-tokens of at least {2 * window} "
+                             f"(a window's two passes run together), got {max_batch_tokens}")
+        if stride is not None and stride < 1:
+            raise UsageError(f"--stride must be positive, got {stride}")
         # the stage ran check_reference_model before reading its data; here the loaded model's
         # config is checked rather than read from disk a second time
         path = resolve_model_path(str(model_path), "--reference_model")
@@ -179,6 +197,9 @@ class CTSScorer(Scorer):
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length or self._context_size()
+        # the tokens of one sequence: the context, or less where the token budget or `window` says so
+        self.window = min(self.max_length, window or self.max_length, max(MIN_WINDOW, max_batch_tokens // 2))
+        self.stride = stride
         self.progress = progress
         with_specials = self.tokenizer("a", add_special_tokens=True).input_ids
         bare = self._encode("a")
@@ -269,10 +290,10 @@ class CTSScorer(Scorer):
         return min(limits) if limits else FALLBACK_CONTEXT
 
     def _prefixes(self, cot: CoT) -> tuple[list[int], list[int]]:
-        """The conditional and unconditional prefixes; the longer, conditional one fits half the context."""
+        """The conditional and unconditional prefixes; the longer, conditional one fits half a window."""
         separator = self._encode(SEPARATOR)
         answer = self._encode(ANSWER_LINE.format(answer=cot.answer))
-        room = max(0, self.max_length // 2 - len(self._bos) - 2 * len(separator))
+        room = max(0, self.window // 2 - len(self._bos) - 2 * len(separator))
         answer = answer[max(0, len(answer) - room):]
         question = self._encode(cot.question)
         question = question[max(0, len(question) - (room - len(answer))):] if room > len(answer) else []
@@ -283,10 +304,11 @@ class CTSScorer(Scorer):
         if not ids:
             return
         conditional, unconditional = self._prefixes(cot)
-        room = self.max_length - len(conditional)  # at least half the context
+        room = self.window - len(conditional)  # at least half the window
+        step = min(room, self.stride) if self.stride else max(1, room // 2)
         start = 0
         while start < len(ids):
-            end = min(len(ids), room if start == 0 else start + max(1, room // 2))
+            end = min(len(ids), room if start == 0 else start + step)
             context = ids[max(0, end - room):end]
             yield _Window(index, start, end - start, conditional + context, unconditional + context)
             start = end
@@ -320,9 +342,14 @@ class CTSScorer(Scorer):
         keep = max(n_scored) + 1
         inputs = {key: value.to(self.device) for key, value in inputs.items()}
         logits = self.model(**inputs, use_cache=False, logits_to_keep=keep).logits[:, -keep:-1]
+        # log-softmax a slice of positions at a time: each position's values are computed alone, so
+        # the result is the same as in one call, without a float32 copy of a whole row's logits
+        positions = max(1, LOGPROB_SLICE_ELEMENTS // logits.shape[-1])
         result = []
         for row, n in enumerate(n_scored):
             targets = input_ids[row, width - n:].to(self.device)
-            row_logprobs = logits[row, keep - 1 - n:].float().log_softmax(-1)
-            result.append(row_logprobs.gather(-1, targets[:, None]).squeeze(-1).cpu())
+            row_logits = logits[row, keep - 1 - n:]
+            parts = [row_logits[s:s + positions].float().log_softmax(-1).gather(-1, targets[s:s + positions, None])
+                     for s in range(0, n, positions)]
+            result.append(torch.cat(parts).squeeze(-1).cpu())
         return result

@@ -6,6 +6,12 @@ probabilities do not depend on the ratio, so here every chunk is classified once
 forward pass, and each ratio's text is derived from the same probabilities by llmlingua's rules.
 Those rules are reproduced quirks included, because compressed datasets must stay comparable with
 the paper's; the comments at each rule say which quirk it keeps and why.
+
+A CoT of any length is read as llmlingua reads it: cut into chunks of at most 511 classifier tokens
+(`_split`, llmlingua's `__chunk_context`), each chunk classified as its own 512-token sequence and
+pruned against its own threshold. Memory does not grow with a CoT's length: a forward pass holds at
+most `max_batch_tokens` padded tokens (and at least one chunk), whatever CoTs its chunks come from.
+tests/test_long_cots.py compares a CoT of more than ten chunks with llmlingua word for word.
 """
 
 from __future__ import annotations
