@@ -57,6 +57,17 @@ def test_hf_backend_is_plain_greedy_whatever_the_model_config_says(penalized_mod
         assert completion.text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("max_new_tokens, context, expected", [
+    (32768, 131072, 32768 + 4096),  # R1-distill: sized to the run, not to its 128k context
+    (32768, 32768, 32768),  # never above the model's own context
+    (512, None, 512 + 4096),  # context unknown (a hub id): the run's need
+])
+def test_vllm_context_follows_the_generation_budget(max_new_tokens, context, expected):
+    from tokenskip.backends.vllm import max_model_len
+
+    assert max_model_len(max_new_tokens, context) == expected
+
+
 @pytest.mark.parametrize("rank, limit", [(8, 8), (12, 16), (64, 64), (100, 128)])
 def test_lora_rank_limit_fits_the_adapter(rank, limit):
     assert lora_rank_limit(rank) == limit
@@ -111,6 +122,7 @@ def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
     init = FakeVLLM.calls["init"]
     assert init["tensor_parallel_size"] == 2 and init["enable_lora"] and init["max_lora_rank"] == 16
     assert init["generation_config"] == "vllm"
+    assert init["max_model_len"] == 2048  # 717 new tokens + prompt room, capped at the tiny model's context
     [(inputs, (_, params), lora)] = FakeVLLM.calls["generate"]
     assert params["max_tokens"] == 717 and isinstance(params["max_tokens"], int)  # round(1024 * 0.7)
     assert params["temperature"] == 0.0 and params["repetition_penalty"] == 1.0
