@@ -106,7 +106,8 @@ def resolve_model_type(predictions: Path, model_type: str) -> str:
     return prompts.recorded_format(read_json(metrics).get("model_type") if metrics.exists() else None, metrics)
 
 
-def extract_cot(model_output: str, model_type: str, prompt: str = "") -> tuple[str | None, str]:
+def extract_cot(model_output: str, model_type: str, prompt: str = "",
+                split: thinking.Split | None = None) -> tuple[str | None, str]:
     """The CoT to compress, or None with the reason it is not usable.
 
     A thinking output (one with `</think>`, any model type): the thinking, never the answer
@@ -118,7 +119,7 @@ def extract_cot(model_output: str, model_type: str, prompt: str = "") -> tuple[s
     text = model_output.strip()
     if not text:
         return None, "empty output"
-    split = thinking.split_output(model_output, prompt)
+    split = split or thinking.split_output(model_output, prompt)
     if split.is_thinking:
         if not split.finished:
             return None, "ran out of tokens inside <think>"
@@ -181,7 +182,8 @@ def prepare(predictions_path: Path, *, model_type: str, max_cot_tokens: int, cou
     formatted = []
     seen: set[tuple[str, str]] = set()  # (question, CoT): with --n_samples, one question's samples may repeat
     for record in correct:
-        cot, reason = extract_cot(record["model_output"], model_type, record.get("prompt", ""))
+        split = thinking.split_output(record["model_output"], record.get("prompt", ""))
+        cot, reason = extract_cot(record["model_output"], model_type, split=split)
         if cot is not None and count_tokens(cot) > max_cot_tokens:
             cot, reason = None, f"longer than {max_cot_tokens} tokens"
         if cot is not None and (record.get("question_id", record["id"]), cot) in seen:
@@ -190,7 +192,6 @@ def prepare(predictions_path: Path, *, model_type: str, max_cot_tokens: int, cou
             dropped[reason] += 1
             continue
         seen.add((record.get("question_id", record["id"]), cot))
-        split = thinking.split_output(record["model_output"], record.get("prompt", ""))
         # a thinking output keeps its answer section, which stage 3 writes back verbatim after the thinking
         formatted.append({**record, "cot": cot, **({"answer_section": split.answer} if split.is_thinking else {})})
     prepared = PreparedCoTs(correct, formatted, len(records), dropped)

@@ -80,16 +80,17 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
                          f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")
     llmlingua_path = resolve_llmlingua(args.llmlingua_path)
     scorer_type = scorer_class(method)
+    model_type = compress.resolve_model_type(predictions, args.model_type)  # read once, for options and stage
 
     def make_scorer():
         from tokenskip.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE, QWEN_OPTIONS
 
         # chat models get the qwen options (no forced words): TokenSkip tuned llama3's for its prompt only
-        options = OPTIONS_BY_MODEL_TYPE.get(compress.resolve_model_type(predictions, args.model_type), QWEN_OPTIONS)
+        options = OPTIONS_BY_MODEL_TYPE.get(model_type, QWEN_OPTIONS)
         return scorer_type(llmlingua_path, options=options, device=args.device,
                            dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
 
-    return compress.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=args.model_type,
+    return compress.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
                               make_scorer=make_scorer, scorer_model=llmlingua_path)
 
