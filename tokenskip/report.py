@@ -36,6 +36,7 @@ from tokenskip.layout import (
     place,
     ratio_tag,
 )
+from tokenskip.soft_compression import METRICS_KIND as SOFT_METRICS
 
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
                 "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
@@ -124,6 +125,7 @@ class Table:
     unfinished: list[Unfinished] = field(default_factory=list)  # this group's runs that are not rows yet
     adherence: list[Adherence] = field(default_factory=list)  # one per method but the original
     training_ratios: list[TrainingRatios] = field(default_factory=list)
+    soft: dict | None = None  # a soft-compression evaluation's metrics.json (soft_compress.py evaluate)
 
 
 @dataclass
@@ -214,10 +216,17 @@ def collect(root: Path) -> list[Table]:
                              "rerun their evaluation to finish them (it resumes)")
         raise UsageError(f"no metrics.json under {root}: run evaluation.py first (or point at its --output-dir)")
     groups: dict[Path, list[Run]] = {}
+    soft_tables = []
     for path in files:
+        metrics = read_json(path)
+        if metrics.get("stage") == SOFT_METRICS:
+            soft_tables.append(soft_table(path, metrics, root))
+            continue
         run = describe(path)
         if run:
             groups.setdefault(run.group, []).append(run)
+    if not groups and soft_tables:
+        return soft_tables
     if not groups:
         raise UsageError(f"the runs under {root} are all on the training split; evaluate on --data-type test")
     tables = {group: make_table(group, runs, root) for group, runs in groups.items()}
@@ -226,7 +235,39 @@ def collect(root: Path) -> list[Table]:
         table = tables.get(group) or Table(_title(group, root, _benchmark_of(group)), _benchmark_of(group), [], None)
         table.unfinished = runs
         tables[group] = table
-    return [tables[group] for group in sorted(tables)]
+    return [tables[group] for group in sorted(tables)] + soft_tables
+
+
+def soft_table(path: Path, metrics: dict, root: Path) -> Table:
+    """A soft-compression evaluation (its conditions are the table's content, not layout rows)."""
+    try:
+        where = path.parent.relative_to(root)
+    except ValueError:
+        where = path.parent
+    where = where if str(where) != "." else Path(root.resolve().name)
+    return Table(f"Soft compression: {where}", "", [], None, soft=metrics)
+
+
+def soft_markdown(metrics: dict) -> list[str]:
+    settings = metrics.get("settings", {})
+    lines = ["| condition | accuracy | n | context positions | prompt positions | compress ms | prefill ms "
+             "| latency ms |", "|---|---|---|---|---|---|---|---|"]
+    for row in metrics["conditions"].values():
+        lines.append(
+            f"| {row['name']} | {100 * row['accuracy']:.1f}% | {row['n']} | {row['context_positions']:.1f} | "
+            f"{row['prompt_positions']:.1f} | {_fmt(row.get('compress_ms'), '{:.1f}')} | "
+            f"{_fmt(row.get('prefill_ms'), '{:.1f}')} | {_fmt(row.get('latency_ms'), '{:.1f}')} |")
+    n_probe = next(iter(metrics["conditions"].values()), {}).get("n_probe")
+    lines += ["", f"Generator {settings.get('base_model', '?')}; compressor = its first "
+              f"{settings.get('n_layers', '?')} layers, {settings.get('mem_tokens', '?')} embeddings per "
+              f"{settings.get('block_size', '?')} CoT tokens. Prefill = one forward pass over the request's input; "
+              f"latency = compression + generation, one request at a time ({_fmt(n_probe, '{}')} requests per "
+              "condition)."]
+    if metrics.get("gap_recovered") is not None:
+        lines.append(f"The soft CoT recovers {metrics['gap_recovered']:.2f} of the accuracy gap between the question "
+                     f"alone and the text CoT, with {_fmt(metrics.get('position_ratio'), '{:.1f}')}x fewer "
+                     "context positions.")
+    return lines
 
 
 @dataclass
@@ -443,6 +484,9 @@ def _monotonic(summary: Adherence) -> str:
 def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name: str | None = None) -> str:
     lines = ["# Results", ""]
     for table in tables:
+        if table.soft is not None:
+            lines += [f"## {table.title}", "", *soft_markdown(table.soft), ""]
+            continue
         if not table.rows:  # only unfinished runs: they are listed below
             continue
         lines += [f"## {table.title}", "",
@@ -489,6 +533,8 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
                     f"{think['n_unfinished']} of {think['n']} | "
                     f"{_fmt(None if finished is None else 100 * finished, '{:.1f}%')} |")
         lines.append("")
+    if not any(table.rows for table in tables):
+        return "\n".join(lines)
     lines += ["Accuracy is the primary grader's. Actual ratio = mean CoT tokens / the original run's; "
               "speed-up = the original's latency per sample / this run's, on the row's latency basis: request = "
               "the mean per-request latency (mean rather than p50, so that the long outputs compression cuts "
@@ -516,7 +562,7 @@ def as_json(table: Table) -> dict:
     """A table for --format json; the adherence summary and training ratios only where a group has
     some, so that a group of unfinished runs (nothing measured yet) reads as before."""
     found = asdict(table)
-    for key in ("adherence", "training_ratios"):
+    for key in ("adherence", "training_ratios", "soft"):
         if not found[key]:
             del found[key]
     return found
@@ -649,8 +695,15 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
             handle.write(text + "\n")
         print(text)
         return tables
-    points = plot(tables, out_dir / "results.png")
-    adherence_points = adherence_plot(tables, out_dir / "results_adherence.png")
+    plotted = [table for table in tables if table.soft is None]  # soft-compression tables have no γ rows
+    if not plotted:
+        with atomic_writer(out_dir / "results.md") as handle:
+            handle.write(markdown(tables, None))
+        print(markdown(tables, None))
+        print(f"wrote {out_dir / 'results.md'}")
+        return tables
+    points = plot(plotted, out_dir / "results.png")
+    adherence_points = adherence_plot(plotted, out_dir / "results_adherence.png")
     with atomic_writer(out_dir / "results.md") as handle:
         handle.write(markdown(tables, "results.png", "results_adherence.png"))
     print(markdown(tables, None))
