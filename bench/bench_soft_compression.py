@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from tokenskip import embedded  # noqa: E402
 from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
 from tokenskip.errors import UsageError  # noqa: E402
+from tokenskip.jsonio import write_jsonl_atomic  # noqa: E402
 from tokenskip.prompts import ANSWER_MARKER  # noqa: E402
 
 DEFAULT_RECIPE = ROOT / "configs" / "soft_compression" / "smollm2_135m_cpu.yaml"
@@ -61,10 +62,6 @@ def cot_records(path: Path, n: int, seed: int, prefix: str) -> list[dict]:
         records.append({"id": f"{prefix}-{index}", "question": row["question"], "cot": cot,
                         "answer": gsm8k_final_answer(row["answer"])})
     return records
-
-
-def write_jsonl(path: Path, records: Sequence[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def overrides(pairs: Sequence[str]) -> list[str]:
@@ -104,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        write_jsonl(work / "train.jsonl", cot_records(train_file, args.n_train, args.seed, "train"))
-        write_jsonl(work / "eval.jsonl", cot_records(test_file, args.n_eval, args.seed, "test"))
+        write_jsonl_atomic(work / "train.jsonl", cot_records(train_file, args.n_train, args.seed, "train"))
+        write_jsonl_atomic(work / "eval.jsonl", cot_records(test_file, args.n_eval, args.seed, "test"))
         model_dir = work / "model"
         train_argv = ["train", "--recipe", str(args.recipe), "--input", str(work / "train.jsonl"),
                       "--output-dir", str(model_dir), "--model-path", str(embedded.default_dir(ROOT / "models")),

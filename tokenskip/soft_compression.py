@@ -35,15 +35,15 @@ import os
 import random
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from tokenskip import layout, prompts, thinking
 from tokenskip.errors import UsageError
-from tokenskip.jsonio import AppendLog, dumps_line, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from tokenskip.jsonio import AppendLog, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 SETTINGS_FILE = "soft_compression.json"
 COMPRESSOR_DIR = "compressor"
@@ -312,8 +312,6 @@ class SoftModel:
 
     def autocast(self):
         """Mixed precision where asked for: on CPU too (bf16 matmuls are ~1.5x faster on AVX512-BF16 cores)."""
-        from contextlib import nullcontext
-
         torch = _torch()
         if self.compute_dtype not in (torch.bfloat16, torch.float16):
             return nullcontext()
@@ -467,11 +465,12 @@ class SoftModel:
                 tokens = table(torch.tensor(ids, dtype=torch.long, device=self.device))
                 rows.append(torch.cat([tokens, self.memory[:count].to(tokens.dtype)]))
             embeds, mask, positions = left_pad(rows, table.weight[:1].detach() * 0)
-            with self.autocast(), _last_layer_output(self.compressor) as captured:
+            # layer injection takes the residual stream itself (before the final norm)
+            layer = self.settings.inject == "layer"
+            with self.autocast(), (_last_layer_output(self.compressor) if layer else nullcontext([])) as captured:
                 hidden = self.compressor(inputs_embeds=embeds, attention_mask=mask,
                                          position_ids=positions).last_hidden_state
-            # layer injection takes the residual stream itself (before the final norm)
-            hidden = captured[0] if self.settings.inject == "layer" else hidden
+            hidden = captured[0] if layer else hidden
             for row, count in enumerate(counts[start:start + max_batch]):
                 outputs.append(hidden[row, -count:])
         per_request = [[] for _ in requests]
@@ -617,6 +616,7 @@ class SoftModel:
 
         torch = _torch()
         closing = self.closing_ids
+        stops = stop_token_ids(self.tokenizer)
 
         class ClosesTheBox(StoppingCriteria):
             """A row is done once it writes a token holding `}` (transformers' stop_strings rebuilds
@@ -629,9 +629,9 @@ class SoftModel:
         with torch.no_grad(), self.autocast(), self.injecting(injection):
             out = self.generator.generate(
                 inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                eos_token_id=stop_token_ids(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=stops, pad_token_id=self.tokenizer.pad_token_id,
                 stopping_criteria=StoppingCriteriaList([ClosesTheBox()]) if stop_at_brace else None)
-        stops = set(stop_token_ids(self.tokenizer))
+        stops = set(stops)
         answers = []
         for row in out.tolist():
             ids = []
@@ -1034,14 +1034,3 @@ def with_hard_contexts(items: Sequence[Item], *, ratio: float, method: str, mode
     scorer.check_ratios([ratio])
     compressed = scorer.compress([CoT(item.context, item.question, item.answer) for item in items], [ratio])
     return [replace(item, hard_context=texts[ratio]) for item, texts in zip(items, compressed)]
-
-
-def write_items(path: Path, items: Iterable[Item]) -> None:
-    """Items as the generic JSONL `load_items` reads (question, cot, answer, and compressed_cot when hard)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for item in items:
-            record = {"id": item.id, "question": item.question, "cot": item.context, "answer": item.answer}
-            if item.hard_context is not None:
-                record["compressed_cot"] = item.hard_context
-            handle.write(dumps_line(record))
-
