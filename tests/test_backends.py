@@ -122,10 +122,16 @@ def test_vllm_backend_contract(tiny_lm_dir, tmp_path, monkeypatch):
     init = FakeVLLM.calls["init"]
     assert init["tensor_parallel_size"] == 2 and init["enable_lora"] and init["max_lora_rank"] == 16
     assert init["generation_config"] == "vllm"
-    assert init["max_model_len"] == 2048  # 717 new tokens + prompt room, capped at the tiny model's context
-    [(inputs, (_, params), lora)] = FakeVLLM.calls["generate"]
-    assert params["max_tokens"] == 717 and isinstance(params["max_tokens"], int)  # round(1024 * 0.7)
-    assert params["temperature"] == 0.0 and params["repetition_penalty"] == 1.0
+    assert init["max_model_len"] == 2048  # 1024 new tokens + prompt room, capped at the tiny model's context
+    assert init["dtype"] == "float32"  # --dtype auto on a machine without CUDA, as the hf backend resolves it
+    assert init["disable_log_stats"] is False  # the request stats per-request latency comes from
+    assert init["kv_cache_memory_bytes"] > 0  # sized to the run on a CPU, not 90% of the machine
+    [(inputs, params, lora)] = FakeVLLM.calls["generate"]
+    assert len(params) == len(inputs) == 5  # one SamplingParams per request: each has its own seed
+    assert len({p[1]["seed"] for p in params}) == 5
+    for _, p in params:
+        assert p["max_tokens"] == 717 and isinstance(p["max_tokens"], int)  # round(1024 * 0.7)
+        assert p["temperature"] == 0.0 and p["repetition_penalty"] == 1.0
     assert lora == ("lora", "tokenskip", 1, str(adapter))
     tokenizer = load_tokenizer(str(tiny_lm_dir))
     predictions = tmp_path / "out" / "t" / "TokenSkip" / "0.7" / "samples" / "predictions.jsonl"
@@ -158,10 +164,11 @@ def test_vllm_request_timings_and_finish_reason_reach_the_completions(monkeypatc
     from tokenskip.backends.vllm import VLLMBackend, request_latency
 
     ns = types.SimpleNamespace
+    # vLLM 0.32's RequestStateStats: arrival_time is wall-clock, the *_ts fields the engine core's monotonic clock
     timed = ns(outputs=[ns(text="a", token_ids=[1, 2], finish_reason="stop")],
-               metrics=ns(arrival_time=100.0, first_token_time=100.5, finished_time=102.25))
+               metrics=ns(arrival_time=1.7e9, queued_ts=100.0, first_token_ts=100.5, last_token_ts=102.25))
     capped = ns(outputs=[ns(text="b", token_ids=[1] * 8, finish_reason="length")],
-                metrics=ns(arrival_time=100.0, first_token_time=100.5, finished_time=None, last_token_time=103.0))
+                metrics=ns(arrival_time=1.7e9, queued_ts=100.0, first_token_ts=100.5, last_token_ts=103.0))
     untimed = ns(outputs=[ns(text="c", token_ids=[1], finish_reason="stop")], metrics=None)
     assert request_latency(timed) == 2.25 and request_latency(capped) == 3.0 and request_latency(untimed) is None
 

@@ -40,6 +40,9 @@ EXAMPLES = """examples:
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
 BASELINES = ("truncation", "prompt")
+# what one call may run with --runs, in the order it runs them: the original first (truncation scales
+# its CoT length), the base model's runs together, then the adapter's (the hf backend loads each once)
+RUN_METHODS = ("original", *BASELINES, "tokenskip")
 THINKING_SWITCH = ("auto", "on", "off")
 OVERLONG = ("warn", "skip", "truncate")
 
@@ -86,7 +89,10 @@ def build_parser() -> StageParser:
         help="evaluate a seeded random subset of this size (the original script's sampling)")
     add("--max_new_tokens", type=int, default=512,
         help="generation budget; MATH adapter runs use round(max_new_tokens * γ), as the original")
-    add("--eval_batch_size", type=int, default=16, help="batch size of the transformers backend")
+    add("--eval_batch_size", type=int, default=None,
+        help="prompts handed to the backend at once: the transformers backend's batch size (default 16); on vLLM, "
+             "how many go to its scheduler at a time (default 512): each finished chunk reaches the disk, so a "
+             "smaller one loses less to a kill")
     add("--temperature", type=float, default=0.0, help="0 means greedy decoding")
     add("--top_p", type=float, default=1.0, help="nucleus sampling, with --temperature > 0")
     add("--n_samples", type=int, default=1, metavar="K",
@@ -95,13 +101,24 @@ def build_parser() -> StageParser:
              "over the K samples, with its spread in metrics.json")
     add("--seed", type=int, default=42, help="sampling seed and --max_num_examples subset seed")
     add("--tensor_parallel_size", type=int, default=None, help="vLLM GPUs; default: every visible GPU")
+    add("--enforce-eager", action="store_true",
+        help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: a faster start (on a CPU "
+             "about a minute less for a small model), slower steps; for short runs and tests")
     add("--device", default="auto", help="transformers backend device: auto, cpu, cuda, cuda:1...")
     add("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: float32 on CPU, bf16 (or fp16) on GPU")
     add("--baseline", choices=BASELINES, default=None,
         help="the paper's baselines at --compression_ratio γ, on the base model: truncation caps the output at "
              "γ x the original run's mean CoT length; prompt asks for (1-γ) fewer words")
-    add("--label", default=None, help="this run's name in reports (default: its method)")
+    add("--runs", nargs="+", choices=RUN_METHODS, default=None, metavar="METHOD",
+        help="several kinds of run in one call, on one loaded model (one vLLM engine, the adapter applied per "
+             f"request): {', '.join(RUN_METHODS)}. original runs the base model at γ = 1; tokenskip the adapter "
+             "(--adapter-path) at every --compression_ratio; truncation and prompt the baselines at every "
+             "--baseline-ratios. Each run goes to its own folder, exactly as separate calls would write it")
+    add("--baseline-ratios", type=float, nargs="+", default=None, metavar="γ",
+        help="the baselines' ratios with --runs (default: the --compression_ratio values below 1)")
+    add("--label", default=None,
+        help="this run's name in reports (default: its method); with --runs, the name of the tokenskip runs")
     add("--grader", choices=sorted(GRADERS), default="tokenskip", help="primary grader; the other is reported too")
     add("--grading-timeout", type=float, default=5.0, help="seconds allowed for one answer-equivalence check")
     add("--regrade", metavar="PATH", default=None,
@@ -140,7 +157,7 @@ class EvalConfig:
     backend: str
     max_num_examples: int | None
     max_new_tokens: int
-    eval_batch_size: int
+    eval_batch_size: int | None
     temperature: float
     top_p: float
     n_samples: int
@@ -159,15 +176,20 @@ class EvalConfig:
     thinking: str = "auto"
     question_field: str | None = None
     answer_field: str | None = None
+    enforce_eager: bool = False
+    runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
+    baseline_ratios: tuple[float, ...] = ()
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:
-        for ratio in args.compression_ratio:
+        for ratio in args.compression_ratio + (args.baseline_ratios or []):
             if not 0.0 < ratio <= 1.0:
-                raise UsageError(f"--compression_ratio must be in (0, 1], got {ratio}")
+                flag = "--compression_ratio" if ratio in args.compression_ratio else "--baseline-ratios"
+                raise UsageError(f"{flag} must be in (0, 1], got {ratio}")
+        runs, baseline_ratios = cls.check_runs(args)
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
-        if args.eval_batch_size <= 0:
+        if args.eval_batch_size is not None and args.eval_batch_size <= 0:
             raise UsageError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
         if args.temperature < 0:
             raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
@@ -189,10 +211,49 @@ class EvalConfig:
         if args.use_adapter and not args.adapter_path:
             raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
         values = {field.name: getattr(args, field.name) for field in fields(cls)
-                  if field.name not in ("ratios", "adapter_path", "backend")}
+                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios")}
+        adapter = args.use_adapter or (runs is not None and "tokenskip" in runs)
         return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
-                   adapter_path=args.adapter_path if args.use_adapter else None,
-                   backend="vllm" if args.use_vllm else args.backend)
+                   adapter_path=args.adapter_path if adapter else None,
+                   backend="vllm" if args.use_vllm else args.backend, runs=runs, baseline_ratios=baseline_ratios)
+
+    @staticmethod
+    def check_runs(args) -> tuple[tuple[str, ...] | None, tuple[float, ...]]:
+        """--runs and --baseline-ratios, checked: the methods in running order, the baselines' ratios."""
+        if args.runs is None:
+            if args.baseline_ratios:
+                raise UsageError("--baseline-ratios goes with --runs truncation/prompt; alone, use --baseline "
+                                 "with --compression_ratio")
+            return None, ()
+        if args.baseline:
+            raise UsageError(f"--baseline {args.baseline} and --runs do not mix: add {args.baseline} to --runs")
+        runs = tuple(method for method in RUN_METHODS if method in args.runs)
+        if "tokenskip" in runs and not args.adapter_path:
+            raise UsageError("--runs tokenskip needs --adapter-path pointing at a LoRA adapter folder")
+        if args.use_adapter and "tokenskip" not in runs:
+            raise UsageError("--use_adapter with --runs: add tokenskip to --runs for the adapter's runs")
+        ratios = tuple(dict.fromkeys(args.baseline_ratios or [r for r in args.compression_ratio if r < 1.0]))
+        baselines = [method for method in runs if method in BASELINES]
+        if baselines and (not ratios or max(ratios) >= 1.0):
+            raise UsageError(f"--runs {' '.join(baselines)}: the baselines run at ratios below 1; give them with "
+                             "--baseline-ratios (or --compression_ratio values < 1)")
+        return runs, ratios
+
+    def plan(self) -> list[EvalConfig]:
+        """The runs of this call, one config each (one ratio, one folder), in the order they run."""
+        if self.runs is None:
+            return [self.at(ratio) for ratio in self.ratios]
+        base = replace(self, runs=None, adapter_path=None, baseline=None, label=None, baseline_ratios=())
+        planned = []
+        for method in self.runs:
+            if method == "original":
+                planned.append(base.at(1.0))
+            elif method == "tokenskip":
+                planned += [replace(base, adapter_path=self.adapter_path, label=self.label).at(ratio)
+                            for ratio in self.ratios]
+            else:
+                planned += [replace(base, baseline=method).at(ratio) for ratio in self.baseline_ratios]
+        return planned
 
     @property
     def method(self) -> str:
@@ -287,8 +348,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     tokenizer = load_tokenizer(tokenizer_path)
     config, family = with_prompt_format(config, tokenizer)
     shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config, data_sha256,
-                         context_length(model_path), family=family)
-    return [evaluate_ratio(config.at(ratio), examples, shared) for ratio in config.ratios]
+                         context_length(model_path), family=family, call=config)
+    try:
+        return [evaluate_ratio(run, examples, shared) for run in config.plan()]
+    finally:
+        shared.close()  # stop the engine while the interpreter is whole (vLLM's processes)
 
 
 def with_prompt_format(config: EvalConfig, tokenizer) -> tuple[EvalConfig, str]:
@@ -307,7 +371,10 @@ def with_prompt_format(config: EvalConfig, tokenizer) -> tuple[EvalConfig, str]:
 
 @dataclass
 class SharedModel:
-    """What every ratio of one call shares; the backend is loaded by the first ratio that generates."""
+    """What every run of one call shares. The backend is loaded by the first run that generates and
+    serves every later one: vLLM's engine holds the adapter when any run uses it and applies it per
+    request; the transformers backend merges the adapter into the weights, so it loads the model
+    again when a run needs the other one (plan() runs the base model's runs first, so at most once)."""
 
     model_path: str
     tokenizer_path: str
@@ -316,7 +383,31 @@ class SharedModel:
     data_sha256: str
     context_length: int | None
     family: str = templates.GENERIC.name  # the chat-template family (tokenskip/templates.py)
+    call: EvalConfig | None = None  # the whole call (its backend, budget and adapter size the engine)
     backend: Backend | None = None
+    loaded_adapter: str | None = None  # the adapter the loaded backend holds
+
+    def backend_for(self, run: EvalConfig) -> Backend:
+        """The loaded backend, as `run` needs it (with its adapter or without)."""
+        call = self.call or run
+        if call.backend == "vllm":
+            if self.backend is None:
+                self.loaded_adapter = call.adapter_path
+                self.backend = create_backend(call, self.model_path, self.tokenizer, self.loaded_adapter,
+                                              self.adapter_config)
+            return self.backend if run.adapter_path else self.backend.without_adapter()
+        if self.backend is not None and self.loaded_adapter != run.adapter_path:
+            self.close()
+        if self.backend is None:
+            self.loaded_adapter = run.adapter_path
+            self.backend = create_backend(call, self.model_path, self.tokenizer, run.adapter_path,
+                                          self.adapter_config)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 def evaluate_ratio(config: EvalConfig, examples: list[data.Example], shared: SharedModel) -> dict:
@@ -367,22 +458,17 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
             raise UsageError(f"{samples_dir / PREDICTIONS} holds ids not in this dataset (e.g. {sorted(unknown)[0]}); "
                              "use another --output-dir or delete that folder")
         if len(done) < len(examples):
-            if shared.backend is None:
-                shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
-            backend = shared.backend
+            backend = shared.backend_for(config)
             run_file = samples_dir / RUN_SETTINGS
-            write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name})
+            write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name, "dtype": backend.dtype})
             with Grader(primary=config.grader, timeout=config.grading_timeout) as grader:
                 generate_pending(examples, prompt_of, backend, grader, log, timing, config, settings.max_new_tokens)
-            backend_name = backend.name
-        else:
-            backend_name = read_json(samples_dir / RUN_SETTINGS)["backend"]
+        recorded = read_json(samples_dir / RUN_SETTINGS)
+        backend_name = recorded["backend"]
         to_probe = [example.id for example in examples[:config.latency_probe]]
         probed = {i for entry in timing.records if entry.get("probe") for i in entry["ids"]}
         if not set(to_probe) <= probed:
-            if shared.backend is None:
-                shared.backend = create_backend(config, settings, tokenizer, shared.adapter_config)
-            probe_latency(to_probe, prompt_of, shared.backend, settings.max_new_tokens, timing)
+            probe_latency(to_probe, prompt_of, shared.backend_for(config), settings.max_new_tokens, timing)
         records = log.records
         timings = timing.records
 
@@ -394,6 +480,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
                         total_seconds=sum(t["seconds"] for t in generation),
                         total_tokens=sum(t["tokens"] for t in generation), timings=timings)
     metrics.update(run_description(settings, config, backend_name, shared.family))
+    if recorded.get("dtype"):  # the weights' dtype the backend really ran (--dtype auto resolved)
+        metrics["dtype"] = recorded["dtype"]
     metrics["n_skipped_overlong"] = len(skipped)
     if config.n_samples > 1:
         metrics.update(sampling_summary(ordered, config.n_samples))
@@ -514,10 +602,10 @@ def probe_latency(ids: list[str], prompt_of: dict[str, str], backend: Backend, m
     """Time each question alone (batch size 1, after one short untimed warm-up), as one user's
     request would run. The timings go to the timing log (`"probe": true` entries), never into
     predictions.jsonl, which stays byte-identical between runs; the answers already graded stay."""
-    backend.generate([prompt_of[ids[0]]], min(8, max_new_tokens))  # warm-up: allocations, kernels
+    backend.generate([prompt_of[ids[0]]], min(8, max_new_tokens), ids=[ids[0]])  # warm-up: allocations, kernels
     for example_id in tqdm(ids, desc="latency probe", unit="q", dynamic_ncols=True):
         start = time.perf_counter()
-        [completion] = backend.generate([prompt_of[example_id]], max_new_tokens)
+        [completion] = backend.generate([prompt_of[example_id]], max_new_tokens, ids=[example_id])
         timing.append({"probe": True, "ids": [example_id], "latency_s": [time.perf_counter() - start],
                        "tokens": completion.n_tokens})
 
@@ -531,7 +619,8 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
     seconds = tokens = 0.0
     for batch in batches:
         start = time.perf_counter()
-        completions = backend.generate([prompt_of[example.id] for example in batch], max_new_tokens)
+        completions = backend.generate([prompt_of[example.id] for example in batch], max_new_tokens,
+                                       ids=[example.id for example in batch])
         elapsed = time.perf_counter() - start
         new = [(example, completion) for example, completion in zip(batch, completions) if example.id not in done]
         grades = grade_outputs(grader, [(GradeRequest(question=example.question, model_output=completion.text,
@@ -546,7 +635,8 @@ def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log:
         # each request's own latency (its finish time within the batch, or vLLM's) lives here, with the
         # other timings, so that predictions.jsonl holds no clock reading and resumes byte-identical
         timing.append({"ids": [example.id for example, _ in new], "seconds": elapsed * len(new) / len(batch),
-                       "tokens": new_tokens, "latency_s": [completion.latency_s for _, completion in new]})
+                       "tokens": new_tokens, "latency_s": [completion.latency_s for _, completion in new],
+                       "basis": backend.latency_basis})
         seconds += elapsed * len(new) / len(batch)
         tokens += new_tokens
         progress.update(len(new))
@@ -621,10 +711,18 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "data_type": settings.data_type,
         "backend": backend_name,
         "decoding": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                     "top_p": settings.top_p, "seed": settings.seed, "eval_batch_size": config.eval_batch_size,
-                     "n_samples": settings.n_samples},
+                     "top_p": settings.top_p, "seed": settings.seed,
+                     "eval_batch_size": chunk_size(config, backend_name), "n_samples": settings.n_samples},
         "latency_probe": config.latency_probe,
     }
+
+
+def chunk_size(config: EvalConfig, backend_name: str) -> int:
+    """Prompts per generate call: --eval_batch_size, else the backend's default."""
+    from tokenskip.backends.hf import DEFAULT_BATCH_SIZE
+    from tokenskip.backends.vllm import CHUNK_SIZE
+
+    return config.eval_batch_size or (CHUNK_SIZE if backend_name == "vllm" else DEFAULT_BATCH_SIZE)
 
 
 def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
@@ -637,8 +735,10 @@ def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
           f"batch latency {metrics['sample_latency'] or 0:.3f} s/sample")
     request = metrics.get("request_latency")
     if request:
-        print(f"per-request latency over {request['n']} questions: mean {request['mean']:.3f} s, "
+        print(f"per-request latency over {request['n']} questions ({request['basis']}): mean {request['mean']:.3f} s, "
               f"p50 {request['p50']:.3f} s, p90 {request['p90']:.3f} s")
+    elif metrics.get("request_latency_missing"):
+        print(f"no per-request latency: {metrics['request_latency_missing']}")
     think = metrics.get("thinking")
     if think:
         answer = f"{think['mean_answer_tokens']:.1f}" if think["mean_answer_tokens"] is not None else "-"

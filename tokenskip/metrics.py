@@ -29,6 +29,9 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         summary["second_grader"] = name
         summary["second_grader_accuracy"] = sum(second for _, second in verdicts) / len(verdicts)
         summary["grader_disagreements"] = sum(first != second for first, second in verdicts)
+    missing = missing_latency_reason(list(timings))
+    if missing:
+        summary["request_latency_missing"] = missing
     summary["grading_timeouts"] = sum(len(r.get("grade_timeouts", [])) for r in records)
     thinking = thinking_summary(records)
     if thinking:
@@ -61,8 +64,20 @@ def request_latency(timings: list[dict]) -> dict | None:
     times = sorted(s for t in probed or timings for s in t.get("latency_s") or [] if s is not None)
     if not times:
         return None
+    # entries name their basis since backends measure differently (the hf backend: a request's finish
+    # time within its batch; vLLM: its own request stats); older logs, without one, are hf's
+    bases = sorted({t.get("basis") or "within its batch" for t in timings if not t.get("probe")})
     return {"mean": sum(times) / len(times), "p50": statistics.median(times), "p90": _percentile(times, 0.9),
-            "n": len(times), "basis": "alone (--latency-probe)" if probed else "within its batch"}
+            "n": len(times), "basis": "alone (--latency-probe)" if probed else " + ".join(bases)}
+
+
+def missing_latency_reason(timings: list[dict]) -> str | None:
+    """Why a run that generated has no request_latency: its backend reported no per-request times."""
+    generated = [t for t in timings if not t.get("probe")]
+    if generated and request_latency(timings) is None:
+        backends = sorted({t.get("basis") or "unknown" for t in generated})
+        return f"the backend reported no per-request times ({', '.join(backends)})"
+    return None
 
 
 def _percentile(ordered: list[float], share: float) -> float:

@@ -47,6 +47,11 @@ def resolve_dtype(dtype: str, device: str):
     return choices[dtype]
 
 
+def dtype_name(dtype) -> str:
+    """A torch dtype as vLLM and the run files spell it ("float32", "bfloat16", "float16")."""
+    return str(dtype).removeprefix("torch.")
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

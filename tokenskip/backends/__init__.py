@@ -7,6 +7,7 @@ repetition penalty from the model's `generation_config`, and stop at any end-of-
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,11 +35,26 @@ class Completion:
 class Backend(Protocol):
     name: str
     chunk_size: int  # how many prompts to hand over at once
+    latency_basis: str  # what Completion.latency_s measures (metrics.json's request_latency.basis)
+    dtype: str  # the weights' dtype, resolved ("float32", "bfloat16", "float16")
 
     def count_tokens(self, text: str) -> int: ...
 
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[Completion]:
-        """Greedy or sampled completions; `max_new_tokens` overrides the settings' budget for this call."""
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None,
+                 ids: list[str] | None = None) -> list[Completion]:
+        """Greedy or sampled completions; `max_new_tokens` overrides the settings' budget for this call;
+        `ids` name the requests (a backend that seeds each request derives its seed from them)."""
+
+    def close(self) -> None:
+        """Release the engine (processes, memory); the backend is not used afterwards."""
+
+
+def request_seed(seed: int, request_id: str) -> int:
+    """The sampling seed of one request: the run's seed and the request's id (`{question}/{sample}` for
+    k samples), hashed. The k samples of a question get k different seeds, a rerun the same k, and a
+    request draws the same tokens whichever batch it lands in."""
+    digest = hashlib.sha256(f"{seed}:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def vllm_available() -> bool:
@@ -59,25 +75,32 @@ def choose_backend(requested: str) -> str:
     return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
 
 
-def create_backend(config, settings, tokenizer, adapter_config: dict | None) -> Backend:
-    """The backend `config.backend` names ("vllm" or "hf", after `choose_backend`), loaded with the
-    run's decoding `settings` (an evaluate.RunSettings) and its device and dtype."""
-    decoding = DecodingSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                top_p=settings.top_p, seed=settings.seed)
+def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
+                   adapter_config: dict | None) -> Backend:
+    """The backend `config.backend` names ("vllm" or "hf", after `choose_backend`) for an
+    evaluate.EvalConfig: its decoding settings, device and dtype; `config.max_new_tokens` (the call's
+    largest budget) sizes the engine, each generate call passes its own."""
+    decoding = DecodingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                top_p=config.top_p, seed=config.seed)
     if config.backend == "vllm":
         import torch
 
         from tokenskip.backends.vllm import VLLMBackend
-        from tokenskip.modeling import context_length
+        from tokenskip.modeling import context_length, dtype_name, resolve_dtype
 
+        on_cpu = not torch.cuda.is_available()
         tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
-        return VLLMBackend(settings.model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
-                           dtype=config.dtype, adapter_path=settings.adapter_path,
+        # "auto" means here what it means for the hf backend (float32 on CPU, bf16 or fp16 on GPU):
+        # handed to vLLM unresolved, it loads bf16 on a CPU too
+        dtype = dtype_name(resolve_dtype(config.dtype, "cpu" if on_cpu else "cuda"))
+        return VLLMBackend(model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
+                           dtype=dtype, on_cpu=on_cpu, adapter_path=adapter_path,
                            adapter_rank=(adapter_config or {}).get("r", 8),
-                           context=context_length(settings.model_path))
-    from tokenskip.backends.hf import HFBackend
+                           context=context_length(model_path), enforce_eager=config.enforce_eager,
+                           chunk_size=config.eval_batch_size)
+    from tokenskip.backends.hf import DEFAULT_BATCH_SIZE, HFBackend
     from tokenskip.modeling import resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
-    return HFBackend(settings.model_path, tokenizer, settings=decoding, batch_size=config.eval_batch_size,
-                     device=device, dtype=resolve_dtype(config.dtype, device), adapter_path=settings.adapter_path)
+    return HFBackend(model_path, tokenizer, settings=decoding, batch_size=config.eval_batch_size or DEFAULT_BATCH_SIZE,
+                     device=device, dtype=resolve_dtype(config.dtype, device), adapter_path=adapter_path)

@@ -23,6 +23,9 @@ from tokenskip.backends import Completion, DecodingSettings
 from tokenskip.modeling import load_causal_lm, stop_token_ids
 
 CPU_ATTENTION = "tokenskip_sdpa_gqa"
+DEFAULT_BATCH_SIZE = 16
+# what Completion.latency_s measures here (metrics.json's request_latency.basis)
+LATENCY_BASIS = "within its batch"
 
 
 def grouped_query_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -71,6 +74,7 @@ def register_cpu_attention() -> None:
 
 class HFBackend:
     name = "hf"
+    latency_basis = LATENCY_BASIS
 
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, batch_size: int,
                  device: str, dtype, adapter_path: str | None = None):
@@ -101,13 +105,17 @@ class HFBackend:
             bos_token_id=tokenizer.bos_token_id,
         )
         self.on_cpu = on_cpu
+        self.dtype = str(dtype).removeprefix("torch.")
         self.model.generation_config = self.generation_config
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[Completion]:
+    def generate(self, prompts: list[str], max_new_tokens: int | None = None,
+                 ids: list[str] | None = None) -> list[Completion]:
+        # one generator for the whole batch (transformers draws all rows from it): seeded per call, so a
+        # batch planned the same way draws the same tokens; `ids` are not needed for that
         budget = max_new_tokens or self.settings.max_new_tokens
         if self.settings.temperature > 0:
             torch.manual_seed(self.settings.seed)
@@ -126,6 +134,9 @@ class HFBackend:
         finished = clock.finish_times(until=time.perf_counter())
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         return [self._completion(tokens, latency) for tokens, latency in zip(new_tokens, finished)]
+
+    def close(self) -> None:
+        self.model = None
 
     def _completion(self, tokens: list[int], latency_s: float | None = None) -> Completion:
         stop = next((i + 1 for i, token in enumerate(tokens) if token in self.stop_ids), None)
