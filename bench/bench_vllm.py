@@ -99,22 +99,23 @@ def main() -> None:
     if not args.skip_sweep:
         common = ["--max_num_examples", str(args.sweep_questions), "--max_new_tokens", str(args.sweep_tokens),
                   "--use_adapter", "--adapter-path", str(adapter)]
-        for engine, (python, flags) in (("hf", engines["hf"]), ("vllm (--enforce-eager)",
-                                                                 engines["vllm (--enforce-eager)"])):
-            one = run(python, work / f"sweep-one-{engine[:4]}", model, data, *common, *flags, "--compression_ratio",
-                      *RATIOS)
-            sweep.append({"engine": engine, "calls": 1, **{k: one[k] for k in ("wall_s", "startup_s", "engine_starts")}})
+        for engine in ("hf", "vllm (--enforce-eager)"):
+            python, flags = engines[engine]
+            tag = engine.split()[0]
+            one = run(python, work / f"sweep-one-{tag}", model, data, *common, *flags, "--compression_ratio", *RATIOS)
+            keys = ("wall_s", "startup_s", "engine_starts")
+            sweep.append({"engine": engine, "calls": 1, **{k: one[k] for k in keys}})
             print(json.dumps(sweep[-1]), flush=True)
-            if engine == "hf":
+            if tag == "hf":
                 continue
-            each = [run(python, work / f"sweep-each-{ratio}", model, data, *common, *flags, "--compression_ratio", ratio)
-                    for ratio in RATIOS]
+            each = [run(python, work / f"sweep-each-{r}", model, data, *common, *flags, "--compression_ratio", r)
+                    for r in RATIOS]
             sweep.append({"engine": engine, "calls": len(RATIOS), "wall_s": sum(e["wall_s"] for e in each),
                           "startup_s": sum(e["startup_s"] for e in each),
                           "engine_starts": sum(e["engine_starts"] for e in each)})
-            identical = all(folder_results(work / "sweep-one-vllm", f"TokenSkip/{r}")[1] ==
-                            folder_results(work / f"sweep-each-{r}", f"TokenSkip/{r}")[1] for r in RATIOS)
-            sweep[-1]["same_predictions_as_one_call"] = identical
+            sweep[-1]["same_predictions_as_one_call"] = all(
+                folder_results(work / f"sweep-one-{tag}", f"TokenSkip/{r}")[1]
+                == folder_results(work / f"sweep-each-{r}", f"TokenSkip/{r}")[1] for r in RATIOS)
             print(json.dumps(sweep[-1]), flush=True)
 
     print("\n| model | engine | wall (s) | start-up (s) | generation (s) | tokens/s | outputs = hf |")

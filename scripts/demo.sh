@@ -52,12 +52,10 @@ dataset_dir=$DEMO_DIR/llamafactory/data output_dir=$ADAPTER $TRAIN_OVERRIDES" ba
 fi
 
 export DATA_PATH=datasets/sample/test.jsonl MAX_NUM_EXAMPLES="$TEST_QUESTIONS" MAX_NEW_TOKENS="$EVAL_TOKENS"
-step "stage 5: the base model, then the adapter at every γ, on $TEST_QUESTIONS sample test questions"
-USE_ADAPTER=0 RATIOS=1.0 bash eval.sh
-ADAPTER_PATH="$ADAPTER" RATIOS="1.0 $EVAL_RATIOS" LABEL="TokenSkip ($METHOD)" bash scripts/5_evaluate.sh
-step "baselines: truncation to γ x the base model's CoT length, and asking for fewer words"
-USE_ADAPTER=0 BASELINE=truncation RATIOS="$BASELINE_RATIOS" bash eval.sh
-USE_ADAPTER=0 BASELINE=prompt RATIOS="$BASELINE_RATIOS" bash eval.sh
+step "stage 5: the base model, the adapter at every γ and the baselines (truncation to γ x the base model's" \
+    "CoT length, asking for fewer words), on $TEST_QUESTIONS sample test questions, in one call"
+ADAPTER_PATH="$ADAPTER" RATIOS="1.0 $EVAL_RATIOS" RUNS="original tokenskip truncation prompt" \
+    BASELINE_RATIOS="$BASELINE_RATIOS" LABEL="TokenSkip ($METHOD)" DATA_TYPE=test bash eval.sh
 
 step "report"
 "$PYTHON" report.py "$DEMO_DIR"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import shutil
+import subprocess
 import sys
 import types
 
@@ -181,3 +182,67 @@ def test_vllm_request_timings_and_finish_reason_reach_the_completions(monkeypatc
     completions = backend.generate(["x", "y", "z"])
     assert [c.latency_s for c in completions] == [2.25, 3.0, None]
     assert [c.capped for c in completions] == [False, True, False]
+
+
+def test_request_seeds_differ_per_sample_and_repeat_per_run():
+    from tokenskip.backends import request_seed
+
+    seeds = [request_seed(42, f"gsm8k-test-7/{j}") for j in range(4)]
+    assert len(set(seeds)) == 4  # k samples of one question: k seeds
+    assert seeds == [request_seed(42, f"gsm8k-test-7/{j}") for j in range(4)]  # a rerun: the same k
+    assert request_seed(43, "gsm8k-test-7/0") != seeds[0]  # another run seed: other draws
+    assert all(0 <= seed < 2**31 for seed in seeds)
+
+
+def test_cpu_kv_cache_is_sized_to_the_run_and_the_machine(smollm2_dir):
+    from tokenskip.backends.vllm import cpu_kv_cache_bytes, kv_bytes_per_token
+
+    per_token = kv_bytes_per_token(str(smollm2_dir), "float32")
+    assert per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, fp32
+    assert kv_bytes_per_token(str(smollm2_dir), "bfloat16") == per_token // 2
+    gib = 1 << 30
+    assert cpu_kv_cache_bytes(per_token, 4224, 20 * gib) == per_token * 4224 * 16  # 16 sequences fit
+    assert cpu_kv_cache_bytes(per_token, 4224, 1 * gib) == int(0.4 * gib)  # a busy machine: 40% of what is free
+    assert cpu_kv_cache_bytes(per_token, 4224, 1 << 20) == per_token * 4224  # never below one sequence
+    assert cpu_kv_cache_bytes(None, 4224, 20 * gib) is None  # unknown shape: vLLM decides
+
+
+@pytest.mark.parametrize("environ, cores, added", [
+    ({}, 2, {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+    ({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}, 2, {}),  # the user's setting stays
+    ({}, 32, {}),  # a big machine: vLLM's own default
+])
+def test_small_cpu_machines_give_every_core_to_the_model(environ, cores, added):
+    from tokenskip.backends.vllm import cpu_environment
+
+    assert cpu_environment(environ, cores) == added
+
+
+def test_an_unreachable_server_is_a_one_line_error(tiny_lm_dir, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run([sys.executable, "evaluation.py", "--model-path", str(tiny_lm_dir), "--output-dir",
+                             str(tmp_path), "--data-path", str(ROOT / "datasets" / "sample" / "test.jsonl"),
+                             "--max_num_examples", "2", "--backend", "server", "--server-url",
+                             f"http://127.0.0.1:{port}/v1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot reach the server at http://127.0.0.1:{port}/v1")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "server"], "--backend server needs --server-url"),
+    (["--server-url", "http://localhost:8000/v1"], "--server-url goes with --backend server"),
+    (["--backend", "server", "--server-url", "http://x/v1", "--server-concurrency", "0"], "--server-concurrency"),
+    (["--backend", "server", "--server-url", "http://x/v1", "--use_adapter", "--adapter-path", "a"],
+     "name it with --served-adapter"),
+])
+def test_server_flags_are_checked(tiny_lm_dir, tmp_path, extra, message):
+    from tokenskip.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path), *extra])

@@ -156,8 +156,12 @@ def test_demo_prints_where_everything_went(fake, tmp_path):
     assert result.returncode == 0, result.stderr
     assert [call[0] for call in calls] == [
         "download_models.py", "./evaluation.py", "CTS_data_get.py", "get_llamafactory_input.py", "train",
-        "./evaluation.py", "./evaluation.py", "./evaluation.py", "./evaluation.py", "report.py"]
+        "./evaluation.py", "report.py"]
     model = layout.model_dir(demo / "SmolLM2-135M-Instruct" / "gsm8k", "135m")
+    # stage 5 in one call: the base model, the adapter at every γ and both baselines, the model loaded once each
+    assert values_of(calls[5], "--runs") == ["original", "tokenskip", "truncation", "prompt"]
+    assert values_of(calls[5], "--baseline-ratios") == ["0.9", "0.7", "0.5"]
+    assert values_of(calls[5], "--compression_ratio") == ["1.0", "0.9", "0.8", "0.7", "0.6", "0.5"]
     assert values_of(calls[2], "--input_data") == [str(layout.stage1_predictions(model))]
     summary = dict(re.findall(r"^  (\S.*?\S)  +(\S.*)$", result.stdout, re.M))
     assert summary["stage-1 CoTs"] == f"{layout.stage1_samples(model)}/"
