@@ -4,8 +4,10 @@ one-line errors for the remaining bad inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -71,6 +73,24 @@ def test_the_lock_goes_with_a_killed_process(tmp_path):
     holder.wait()
     FolderLock(tmp_path).acquire().release()
 
+
+
+def test_a_forked_child_that_outlives_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    # vLLM forks its engine process; after kill -9 of evaluation.py that child lives on a while
+    script = ("import multiprocessing, time; from tokenskip.locking import FolderLock; "
+              f"FolderLock({str(tmp_path)!r}).acquire(); "
+              "child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,)); child.start(); "
+              "print(child.pid, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child is still alive ...
+        FolderLock(tmp_path).acquire().release()  # ... and the folder is free
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 # ---------------------------------------------------------------- regrade writes next to what it regrades
 

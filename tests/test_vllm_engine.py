@@ -196,6 +196,13 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
 # ---------------------------------------------------------------- sampling, kill -9, resume, one writer
 
 
+def lock_holder(lock: Path) -> int | None:
+    try:
+        return json.loads(lock.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent, or caught between truncate and write
+
+
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory, smollm2_dir):
     root = tmp_path_factory.mktemp("vllm-sampling")
@@ -216,8 +223,8 @@ def sampled(tmp_path_factory, smollm2_dir):
     rerun = subprocess.Popen(args, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)
     lock = predictions.parent / ".lock"
-    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
-        time.sleep(0.2)
+    while time.time() < deadline and rerun.poll() is None and lock_holder(lock) != rerun.pid:
+        time.sleep(0.2)  # the killed run's line stays in the file until the rerun takes the lock
     second = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
     output, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, output[-4000:]
@@ -318,3 +325,13 @@ def test_a_model_the_server_does_not_serve_is_a_one_line_error(server, smollm2_d
                             cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: --served-adapter nope is not served at")
+
+
+def test_text_prompts_reach_the_server_as_the_same_tokens(server, smollm2_dir, adapter_runs):
+    """--server-prompt text (for servers that take no token ids): the server tokenizes the prompt itself,
+    without a second BOS, and answers as with ids."""
+    out = server.root / "served-text"
+    evaluation(sys.executable, smollm2_dir, out, "--backend", "server", "--server-url", server.url,
+               "--server-prompt", "text", "--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS,
+               log=server.root / "served-text.log")
+    assert_same_outputs(records(out, "Original/test"), records(adapter_runs.root / "vllm8", "Original/test"))

@@ -5,6 +5,11 @@ other; the same work done twice and its timings counted twice), so every stage t
 folder holds its lock for as long as it writes. `flock` locks belong to the open file, so the
 kernel drops them when the process exits in any way, kill -9 included: a lock file left behind
 after a crash is never stale. The file also says who holds it, for the second process's message.
+
+A forked child shares the parent's open file, so it would keep the lock alive after the parent
+dies: vLLM forks its engine process, and after `kill -9` of evaluation.py that orphan held the
+folder for a while and the rerun was refused, naming a dead pid. Forked children therefore close
+their copies at once; a lock is the writer's alone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,18 @@ from typing import Iterator
 
 from tokenskip.errors import UsageError
 from tokenskip.layout import LOCK_FILE
+
+_HELD: set[int] = set()  # this process's lock fds, closed in every forked child
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # only the child's copy: the parent's fd keeps the flock
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class FolderLock:
@@ -51,10 +68,12 @@ class FolderLock:
                              f"or use another output folder") from None
         _write_holder(fd)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
