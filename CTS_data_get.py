@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Stage 2 with Conditional Token Selection (CTS): compress correct CoTs. See `python CTS_data_get.py --help`."""
 
-from tokenskip.cli import run_cli
+from tokenskip.core.cli import user_errors
 
 if __name__ == "__main__":
-    # the stage is imported inside run_cli, so that a missing package is one line, not a traceback
-    run_cli("tokenskip.cts_stage:main")
+    with user_errors():  # the stage is imported inside: a missing package is one line, not a traceback
+        from tokenskip.stages.cts import main
+
+        main()

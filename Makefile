@@ -57,7 +57,7 @@ bench: setup
 	$(BIN)/python bench/bench_grading.py
 
 quality: setup
-	$(BIN)/ruff check tokenskip tests bench *.py
+	$(BIN)/ruff check tokenskip testkit tests bench *.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Stage 3 of TokenSkip (LLaMA-Factory data). See `python get_llamafactory_input.py --help`."""
 
-from tokenskip.cli import run_cli
+from tokenskip.core.cli import user_errors
 
 if __name__ == "__main__":
-    # the stage is imported inside run_cli, so that a missing package is one line, not a traceback
-    run_cli("tokenskip.llamafactory:main")
+    with user_errors():  # the stage is imported inside: a missing package is one line, not a traceback
+        from tokenskip.stages.llamafactory import main
+
+        main()

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Stage 2 of TokenSkip: compress the model's correct CoTs at several ratios. See `python llmlingua_ner.py --help`."""
 
-from tokenskip.cli import run_cli
+from tokenskip.core.cli import user_errors
 
 if __name__ == "__main__":
-    # the stage is imported inside run_cli, so that a missing package is one line, not a traceback
-    run_cli("tokenskip.lingua_stage:ner_main")
+    with user_errors():  # the stage is imported inside: a missing package is one line, not a traceback
+        from tokenskip.stages.lingua import ner_main
+
+        ner_main()

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Hybrid stage 2b: soft compression of CoTs (OSCAR-style). See `python soft_compress.py --help`."""
 
-from tokenskip.cli import run_cli
+from tokenskip.core.cli import user_errors
 
 if __name__ == "__main__":
-    run_cli("tokenskip.soft_stage:main")
+    with user_errors():  # the stage is imported inside: a missing package is one line, not a traceback
+        from tokenskip.stages.soft import main
+
+        main()

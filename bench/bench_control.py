@@ -5,7 +5,7 @@ For each variant (a recipe: which CoTs, which scorer, how the γ are mixed, epoc
 LoRA rank) this runs the product's own stage scripts as subprocesses — `evaluation.py --data-type
 train` (stage 1), `CTS_data_get.py` / `llmlingua_ner.py` (stage 2), `get_llamafactory_input.py`
 (stage 3), `llamafactory-cli train` on the CPU recipe (stage 4), `evaluation.py --use_adapter`
-at γ = 1.0, 0.9, 0.7, 0.5 (stage 5) — and reads the results back with `tokenskip.report`, whose
+at γ = 1.0, 0.9, 0.7, 0.5 (stage 5) — and reads the results back with `tokenskip.stages.report`, whose
 ratio-adherence numbers it reports per variant: the CoT length at each γ relative to the same
 adapter's γ = 1.0 run, on all questions and on the questions both got right, the median, the
 outputs that hit the token cap, mean |actual − γ| and the inversions.
@@ -17,7 +17,7 @@ result.json exists is not run again, so an interrupted run resumes where it stop
 
 Two things are not product code: the GSM8K reference solutions are written as a stage-1-like
 predictions file (every record correct), and the word-dropping scorer (`worddrop`) is a
-deterministic rule implemented here, run through `tokenskip.compress.run_stage` so its ratio
+deterministic rule implemented here, run through `tokenskip.compression.driver.run_stage` so its ratio
 files have stage 2's format; stage 3 reads them from the `Compression/` folder (`--method
 llmlingua2`; the summary says `worddrop`).
 
@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tokenskip.core.ratios import DEFAULT_RATIOS, ratio_tag  # noqa: E402
+
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 CPU_RECIPE = ROOT / "configs" / "examples" / "train_lora" / "smollm2_135m_lora_sft_cpu.yaml"
 SAMPLE_TRAIN = ROOT / "datasets" / "sample" / "train.jsonl"
@@ -56,7 +58,7 @@ DEFAULT_OUT = Path("outputs") / "bench_control"  # outputs/ is git-ignored
 MODEL_SIZE = "135m"
 MODEL_TYPE = "qwen"
 EVAL_RATIOS = (1.0, 0.9, 0.7, 0.5)
-TRAIN_RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
+TRAIN_RATIOS = DEFAULT_RATIOS
 SEED = 42
 # the issue's goal for the demo
 GOAL = {"max_inversions": 1, "max_ratio_at_0.5": 0.65, "min_ratio_at_0.9": 0.8, "min_speedup_at_0.5": 1.4}
@@ -277,25 +279,24 @@ def word_drop(text: str, ratio: float, count_tokens: Callable[[str], int]) -> st
 
 
 class WordDropScorer:
-    """A stage-2 scorer (duck-typed like tokenskip.scorers.Scorer) applying the word-dropping rule;
+    """A stage-2 scorer (duck-typed like tokenskip.compression.scorers.Scorer) applying the word-dropping rule;
     its token counts are the target model's."""
 
     name = "worddrop"
     device = "cpu (a rule, no model)"
 
     def __init__(self, tokenizer_path: Path):
-        from tokenskip import layout
-        from tokenskip.compress import token_counter
+        from tokenskip.compression.driver import token_counter
+        from tokenskip.core import layout
 
         self.file_stem = layout.RATIO_FILE_STEM
         self.count_tokens = token_counter(str(tokenizer_path))
 
     def check_ratios(self, ratios: Sequence[float]) -> None:
-        from tokenskip.errors import UsageError
+        from tokenskip.core.ratios import check_ratio
 
         for ratio in ratios:
-            if not 0.0 < ratio < 1.0:
-                raise UsageError(f"compression ratio must be between 0 and 1 (exclusive), got {ratio}")
+            check_ratio(ratio)
 
     def score(self, cots) -> list[DropPlan]:
         return [plan_word_drop(cot.text, self.count_tokens) for cot in cots]
@@ -334,7 +335,7 @@ def _f(value, pattern: str) -> str:
 
 def _per(result: dict, key: str, pattern: str, ratios: Sequence[float] = EVAL_RATIOS) -> str:
     per = result.get("per_gamma", {})
-    return " / ".join(_f(per.get(str(float(r)), {}).get(key), pattern) for r in ratios)
+    return " / ".join(_f(per.get(ratio_tag(r), {}).get(key), pattern) for r in ratios)
 
 
 def _minutes(seconds) -> str:
@@ -497,7 +498,7 @@ class Bench:
 
     def stage1(self, source: DataSource) -> Path:
         """Stage 1's samples folder (predictions.jsonl + metrics.json) for a data source."""
-        from tokenskip import layout
+        from tokenskip.core import layout
 
         model_dir = layout.model_dir(self.data_dir(source), MODEL_SIZE)
         samples = layout.stage1_samples(model_dir)
@@ -520,8 +521,9 @@ class Bench:
         return samples
 
     def write_references(self, source: DataSource, samples: Path) -> None:
-        from tokenskip import data, layout
-        from tokenskip.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+        from tokenskip.core import layout
+        from tokenskip.core.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+        from tokenskip.data import benchmarks as data
 
         s = self.settings
         if source.gsm8k:
@@ -546,12 +548,12 @@ class Bench:
 
     def stage2_dir(self, source: DataSource, scorer: str) -> Path:
         """`{output-dir}/{size}` of a (data, scorer) pair: a copy of stage 1's files, and the ratio files."""
-        from tokenskip import layout
+        from tokenskip.core import layout
 
         return layout.model_dir(self.out / "stage2" / f"{source.name}-{scorer}", MODEL_SIZE)
 
     def stage2(self, source: DataSource, scorer: str) -> Path:
-        from tokenskip import layout
+        from tokenskip.core import layout
 
         samples = self.stage1(source)
         model_dir = self.stage2_dir(source, scorer)
@@ -585,9 +587,9 @@ class Bench:
         import contextlib
         import io
 
-        from tokenskip.compress import run_stage
+        from tokenskip.compression.driver import run_stage
 
-        self.say(f"{step}: word-dropping rule via tokenskip.compress.run_stage")
+        self.say(f"{step}: word-dropping rule via tokenskip.compression.driver.run_stage")
         started = time.monotonic()
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
@@ -598,11 +600,11 @@ class Bench:
         return time.monotonic() - started
 
     def tiny_classifier(self) -> Path:
-        """A tiny random-weight LLMLingua-2 classifier (tests/classifiers.py) for the NER scorer: the
+        """A tiny random-weight LLMLingua-2 classifier (testkit/classifiers.py) for the NER scorer: the
         real LLMLingua-2 weights are not on this machine, so the NER boosts decide most of what stays."""
         folder = self.out / "models" / "tiny-llmlingua-2-xlm-roberta-large-meetingbank"
         if not (folder / "config.json").is_file():
-            from tests.classifiers import TINY, build_classifier, tokenizer_training_texts
+            from testkit.classifiers import TINY, build_classifier, tokenizer_training_texts
 
             self.say(f"building a tiny random LLMLingua-2 classifier in {folder}")
             build_classifier(folder, "xlm-roberta", tokenizer_training_texts(), vocab_size=2000, **TINY)
@@ -633,7 +635,7 @@ class Bench:
 
     def base(self) -> Path:
         """The base model's test run (samples folder), once."""
-        from tokenskip import layout
+        from tokenskip.core import layout
 
         samples = layout.original_samples(layout.model_dir(self.out / "base", MODEL_SIZE), "test")
         self.timed("eval-base", lambda: (samples / layout.METRICS).is_file(),
@@ -644,7 +646,7 @@ class Bench:
         return self.out / "variants" / variant.name
 
     def run_variant(self, variant: Variant, command: str) -> dict:
-        from tokenskip import layout
+        from tokenskip.core import layout
 
         result_path = self.variant_dir(variant) / "result.json"
         if result_path.is_file():
@@ -724,9 +726,9 @@ class Bench:
 
 
 def variant_metrics(tree: Path, label: str) -> dict:
-    """The adherence numbers of the adapter runs labelled `label` under `tree`, as tokenskip.report
+    """The adherence numbers of the adapter runs labelled `label` under `tree`, as tokenskip.stages.report
     computes them (ratios against the adapter's own γ = 1.0 run), with the base model's row."""
-    from tokenskip import report
+    from tokenskip.stages import report
 
     table = next((t for t in report.collect(tree) if any(row.method == label for row in t.rows)), None)
     if table is None:
@@ -735,7 +737,7 @@ def variant_metrics(tree: Path, label: str) -> dict:
     for row in table.rows:
         if row.method != label:
             continue
-        per_gamma[str(float(row.ratio))] = {
+        per_gamma[ratio_tag(row.ratio)] = {
             "mean": row.cot_tokens, "median": row.median_cot_tokens, "capped": row.n_capped,
             "accuracy": row.accuracy, "self_ratio": row.ratio_vs_self,
             "self_ratio_both_correct": row.ratio_vs_self_both_correct, "n_both_correct": row.n_both_correct_self,
@@ -746,7 +748,7 @@ def variant_metrics(tree: Path, label: str) -> dict:
         base_tokens = _output_tokens(tree / base_row.path)
         for row in table.rows:
             if row.method == label:
-                per_gamma[str(float(row.ratio))]["token_speedup"] = token_speedup(
+                per_gamma[ratio_tag(row.ratio)]["token_speedup"] = token_speedup(
                     base_tokens, _output_tokens(tree / row.path))
     summary = next((a for a in table.adherence if a.method == label), None)
     base_row = next((row for row in table.rows if row.method == table.original), None)
@@ -762,7 +764,7 @@ def variant_metrics(tree: Path, label: str) -> dict:
 
 
 def _output_tokens(samples: Path) -> dict[str, int]:
-    from tokenskip.jsonio import read_jsonl
+    from tokenskip.core.jsonio import read_jsonl
 
     return {str(r["id"]): int(r["output_tokens"]) for r in read_jsonl(samples / "predictions.jsonl")
             if r.get("output_tokens") is not None}
@@ -795,8 +797,8 @@ def _write_json(path: Path, obj) -> None:
 def reference_record(example, answer_field: str) -> dict:
     """A GSM8K reference solution as a stage-1 record (stage 2 reads id, accuracy, model_output,
     messages, prediction), marked correct."""
-    from tokenskip import prompts
-    from tokenskip.data import gsm8k_solution_as_output
+    from tokenskip.data.benchmarks import gsm8k_solution_as_output
+    from tokenskip.prompting import prompts
 
     return {"dataset": "gsm8k-train", "id": example.id,
             "messages": [{"role": "user", "content": example.question}, {"role": "assistant", "content": ""}],

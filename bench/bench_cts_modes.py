@@ -35,11 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip import compress, data  # noqa: E402
-from tokenskip.jsonio import read_jsonl  # noqa: E402
-from tokenskip.scorers import CoT  # noqa: E402
+from tokenskip.compression import driver as compress
+from tokenskip.compression.scorers import CoT  # noqa: E402
+from tokenskip.core.jsonio import read_jsonl  # noqa: E402
+from tokenskip.core.ratios import DEFAULT_RATIOS  # noqa: E402
+from tokenskip.data import benchmarks as data  # noqa: E402
 
-RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+RATES = DEFAULT_RATIOS
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 
 
@@ -84,15 +86,15 @@ def run_mode(mode: str, model: str, cots: list[CoT]) -> tuple[list[dict[float, s
     """The texts per CoT and γ, the load time and the time to compress every CoT at every γ."""
     started = time.perf_counter()
     if mode == "answer":
-        from tokenskip.scorers.cts import CTSScorer
+        from tokenskip.compression.scorers.cts import CTSScorer
 
         scorer = CTSScorer(model, device="cpu", progress=False)
     elif mode == "authors":
-        from tokenskip.scorers.cts_authors import AuthorsCTSScorer
+        from tokenskip.compression.scorers.cts_authors import AuthorsCTSScorer
 
         scorer = AuthorsCTSScorer(model, device="cpu", progress=False)
     else:
-        from tokenskip.scorers.llmlingua2 import use_offline_tiktoken
+        from tokenskip.compression.scorers.llmlingua2 import use_offline_tiktoken
 
         use_offline_tiktoken()
         from llmlingua import PromptCompressor
@@ -100,7 +102,7 @@ def run_mode(mode: str, model: str, cots: list[CoT]) -> tuple[list[dict[float, s
         compressor = PromptCompressor(model_name=model, device_map="cpu")
     loaded = time.perf_counter()
     if mode == "authors-loop":
-        from tokenskip.scorers.cts_authors import authors_call
+        from tokenskip.compression.scorers.cts_authors import authors_call
 
         texts = [{rate: compressor.compress_prompt(**authors_call(cot.text, cot.question, rate))["compressed_prompt"]
                   for rate in RATES} for cot in cots]

@@ -22,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip import embedded  # noqa: E402
 from tokenskip.backends import DecodingSettings  # noqa: E402
 from tokenskip.backends.hf import HFBackend  # noqa: E402
-from tokenskip.modeling import load_tokenizer  # noqa: E402
-from tokenskip.prompts import build_prompt  # noqa: E402
+from tokenskip.models import embedded  # noqa: E402
+from tokenskip.models.loading import load_tokenizer  # noqa: E402
+from tokenskip.prompting.prompts import build_prompt  # noqa: E402
 
 GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
-from tokenskip.grading import Grade, Grader, GradeRequest  # noqa: E402
+from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
+from tokenskip.grading.graders import Grade, Grader, GradeRequest  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -29,19 +29,20 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from tests.classifiers import build_classifier
-from tokenskip.data import gsm8k_solution_as_output
-from tokenskip.errors import UsageError
-from tokenskip.jsonio import read_jsonl
-from tokenskip.scorers.llmlingua2 import (
+from testkit.classifiers import build_classifier
+from tokenskip.compression.scorers.llmlingua2 import (
     OPTIONS_BY_MODEL_TYPE,
     CompressOptions,
     LLMLingua2Scorer,
     use_offline_tiktoken,
 )
+from tokenskip.core.errors import UsageError
+from tokenskip.core.jsonio import read_jsonl
+from tokenskip.core.ratios import DEFAULT_RATIOS
+from tokenskip.data.benchmarks import gsm8k_solution_as_output
 
 GSM8K_TRAIN = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+RATES = DEFAULT_RATIOS
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 
 

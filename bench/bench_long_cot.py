@@ -51,10 +51,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip import embedded
-from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output
-from tokenskip.errors import UsageError
-from tokenskip.prompts import ANSWER_MARKER
+from tokenskip.core.errors import UsageError
+from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output
+from tokenskip.models import embedded
+from tokenskip.prompting.prompts import ANSWER_MARKER
 
 RATIO = 0.5
 SIZES = {  # random classifiers: XLM-RoBERTa base and large, and the tests' tiny one
@@ -129,7 +129,7 @@ def run_scorer(name: str, cots: list[dict], classifier: str, reference: str) -> 
     """In a fresh process: load the scorer, then score every CoT and select γ = 0.5, measured."""
     import torch
 
-    from tokenskip.scorers import CoT, scorer_class
+    from tokenskip.compression.scorers import CoT, scorer_class
 
     method, kwargs = SCORERS[name]
     started = time.perf_counter()
@@ -189,7 +189,7 @@ def classifier_path(args, records: list[dict], tmp: str) -> tuple[str, str]:
         return str(path), f"LLMLingua-2 classifier {path}"
     if args.llmlingua_path is not None:
         raise UsageError(f"--llmlingua-path {args.llmlingua_path} is not a folder")
-    from tests.classifiers import build_classifier
+    from testkit.classifiers import build_classifier
 
     folder = Path(tmp) / "random-llmlingua-2-xlm-roberta-large-meetingbank"
     texts = [gsm8k_solution_as_output(r["answer"]) for r in records]

@@ -31,11 +31,11 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip import embedded  # noqa: E402
-from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
-from tokenskip.errors import UsageError  # noqa: E402
-from tokenskip.jsonio import write_jsonl_atomic  # noqa: E402
-from tokenskip.prompts import ANSWER_MARKER  # noqa: E402
+from tokenskip.core.errors import UsageError  # noqa: E402
+from tokenskip.core.jsonio import write_jsonl_atomic  # noqa: E402
+from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output  # noqa: E402
+from tokenskip.models import embedded  # noqa: E402
+from tokenskip.prompting.prompts import ANSWER_MARKER  # noqa: E402
 
 DEFAULT_RECIPE = ROOT / "configs" / "soft_compression" / "smollm2_135m_cpu.yaml"
 TRAIN_BUDGET_S = 20 * 60
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not embedded.is_materialized(embedded.default_dir(ROOT / "models")):
         embedded.materialize(ROOT / "models")
-    from tokenskip import soft_stage
+    from tokenskip.stages import soft as soft_stage
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)

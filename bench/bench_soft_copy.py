@@ -23,15 +23,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip import embedded  # noqa: E402
-from tokenskip import soft_compression as sc  # noqa: E402
+from tokenskip.compression.soft.items import Item, request_pieces  # noqa: E402
+from tokenskip.compression.soft.model import SoftModel, generate_answers  # noqa: E402
+from tokenskip.compression.soft.settings import SoftSettings  # noqa: E402
+from tokenskip.compression.soft.train import target_ids  # noqa: E402
+from tokenskip.models import embedded  # noqa: E402
 
 
-def sentences(n: int, rng: random.Random, start: int = 0) -> list[sc.Item]:
+def sentences(n: int, rng: random.Random, start: int = 0) -> list[Item]:
     items = []
     for i in range(n):
         number = rng.randint(1, 999)
-        items.append(sc.Item(id=str(start + i), question="What number do the notes end with?",
+        items.append(Item(id=str(start + i), question="What number do the notes end with?",
                              context=f"The notes say that the total is {number}.", answer=str(number)))
     return items
 
@@ -53,16 +56,16 @@ def main() -> int:
     model_dir = embedded.default_dir(ROOT / "models")
     if not embedded.is_materialized(model_dir):
         embedded.materialize(ROOT / "models")
-    settings = sc.SoftSettings(base_model=str(model_dir), n_layers=5, prompt_format="chat", inject=args.inject)
-    model = sc.SoftModel.create(settings, device="cpu", dtype=torch.bfloat16)
+    settings = SoftSettings(base_model=str(model_dir), n_layers=5, prompt_format="chat", inject=args.inject)
+    model = SoftModel.create(settings, device="cpu", dtype=torch.bfloat16)
     if not args.no_calibrate:
-        print("calibration:", model.calibrate([sc.request_pieces(model.tokenizer, it, settings, it.context)
+        print("calibration:", model.calibrate([request_pieces(model.tokenizer, it, settings, it.context)
                                                for it in train[:64]]))
     groups = model.trainable()
     optimizer = torch.optim.AdamW([{"params": groups["generator"], "lr": args.lr},
                                    {"params": groups["compressor"], "lr": args.compressor_lr}], weight_decay=0.1)
-    examples = [(sc.request_pieces(model.tokenizer, it, settings, it.context),
-                 sc.target_ids(model.tokenizer, it.answer + "}")) for it in train]
+    examples = [(request_pieces(model.tokenizer, it, settings, it.context),
+                 target_ids(model.tokenizer, it.answer + "}")) for it in train]
     model.train()
     started = time.perf_counter()
     for step in range(args.steps):
@@ -74,9 +77,9 @@ def main() -> int:
         if step % 10 == 0:
             print(f"step {step}: loss {loss.item():.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
     model.eval()
-    requests = [sc.request_pieces(model.tokenizer, it, settings, it.context) for it in test]
+    requests = [request_pieces(model.tokenizer, it, settings, it.context) for it in test]
     for condition in ("soft", "text"):
-        answers = sc.generate_answers(model, requests, condition=condition, max_new_tokens=6, batch_size=20)
+        answers = generate_answers(model, requests, condition=condition, max_new_tokens=6, batch_size=20)
         accuracy = sum(a.rstrip("}") == it.answer for a, it in zip(answers, test)) / len(test)
         print(f"{args.inject} {condition}: accuracy {accuracy:.3f} on {len(test)}; first answers {answers[:5]} "
               f"(gold {[it.answer for it in test[:5]]})", flush=True)

@@ -25,11 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from lf_adapters import train_adapter  # noqa: E402
-
-from tokenskip import embedded  # noqa: E402
+from testkit.lf_adapters import train_adapter  # noqa: E402
+from tokenskip.models import embedded  # noqa: E402
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"

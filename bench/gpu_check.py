@@ -5,7 +5,7 @@ built at run time, offline, so nothing but the repository has to travel:
 - a 2-layer random-weight Qwen2 with a byte-level BPE tokenizer trained here on GSM8K-like text
   (the embedded SmolLM2 comes in a 94 MiB package, over the 64 MiB that can travel to the device);
 - a random LoRA adapter for it (peft), and eight GSM8K-style questions;
-- a tiny XLM-RoBERTa token classifier for LLMLingua-2, built by tests/classifiers.py.
+- a tiny XLM-RoBERTa token classifier for LLMLingua-2, built by testkit/classifiers.py.
 
 Checks, each a row of the final table (PASS/FAIL gate the exit code, INFO is only reported):
 1. `python evaluation.py --backend hf` as a user runs it, base model at γ=1.0 and 0.5 and with the
@@ -19,7 +19,7 @@ Checks, each a row of the final table (PASS/FAIL gate the exit code, INFO is onl
 2. A LoRA training loop (r=8, α=16, every projection, AdamW) in bf16 on CUDA (fp32 on CPU): every
    loss finite and the last below the first; the adapter saved, reloaded with peft (same logits) and
    loaded through the project's `load_causal_lm` (merged; INFO: its logit difference).
-3. The LLMLingua-2 scorer (tokenskip/scorers/llmlingua2.py): kept/dropped decisions of every word at
+3. The LLMLingua-2 scorer (tokenskip/compression/scorers/llmlingua2.py): kept/dropped decisions of every word at
    γ = 0.9 ... 0.5 on CUDA fp32 must agree with CPU fp32 on >= 99% of words (ties within ~1e-6 may
    flip); CUDA bf16 is INFO.
 
@@ -58,15 +58,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 import transformers
 
-from tokenskip import layout
-from tokenskip.prompts import build_prompt
+from tokenskip.core import layout
+from tokenskip.core.ratios import DEFAULT_RATIOS
+from tokenskip.prompting.prompts import build_prompt
 
 # keep the log to the checks: no per-load progress bars or resize notices from transformers
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 
 RATIO = 0.5  # the γ of the adapter runs (and of the base model's ratio-tag run)
-SCORER_RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+SCORER_RATES = DEFAULT_RATIOS
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # Qwen2's chat markers
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SCORER_MIN_AGREEMENT = 0.99
@@ -176,7 +177,7 @@ def build_tokenizer(folder: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tests.classifiers import HANDWRITTEN, synthetic_cots
+    from testkit.classifiers import HANDWRITTEN, synthetic_cots
 
     texts = synthetic_cots(300, seed=3) + HANDWRITTEN + training_texts(8)
     bpe = Tokenizer(models.BPE())
@@ -333,7 +334,7 @@ def greedy_margins(model_dir: Path, data: Path, *, where: str) -> None:
     CUDA fp32 may legitimately pick another token only where this gap is about that small."""
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.modeling import load_tokenizer, stop_token_ids
+    from tokenskip.models.loading import load_tokenizer, stop_token_ids
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(str(model_dir))
@@ -365,7 +366,7 @@ def lora_training(work: Path, model_dir: Path, device: str, dtype: torch.dtype, 
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tokenskip.modeling import check_adapter, load_causal_lm, load_tokenizer
+    from tokenskip.models.loading import check_adapter, load_causal_lm, load_tokenizer
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(str(model_dir))
@@ -424,7 +425,7 @@ def lora_training(work: Path, model_dir: Path, device: str, dtype: torch.dtype, 
 
 
 def build_classifier(work: Path) -> Path:
-    from tests.classifiers import FOLDER_NAMES, HANDWRITTEN, TINY, build_classifier, synthetic_cots
+    from testkit.classifiers import FOLDER_NAMES, HANDWRITTEN, TINY, build_classifier, synthetic_cots
 
     folder = work / FOLDER_NAMES["xlm-roberta"]
     texts = synthetic_cots(300, seed=2) + HANDWRITTEN[:5]
@@ -433,7 +434,7 @@ def build_classifier(work: Path) -> Path:
 
 def scorer_decisions(model: Path, device: str, dtype: str, texts: list[str]) -> tuple[list[bool], float]:
     """Every word's kept/dropped decision at every ratio, in a fixed order; and the seconds taken."""
-    from tokenskip.scorers.llmlingua2 import LLMLingua2Scorer
+    from tokenskip.compression.scorers.llmlingua2 import LLMLingua2Scorer
 
     start = time.perf_counter()
     scorer = LLMLingua2Scorer(model, device=device, dtype=dtype, progress=False)
@@ -449,7 +450,7 @@ def scorer_decisions(model: Path, device: str, dtype: str, texts: list[str]) -> 
 
 @guarded("LLMLingua-2 scorer")
 def llmlingua2_checks(work: Path, gpu: str | None, *, where: str) -> None:
-    from tests.classifiers import sample_corpus
+    from testkit.classifiers import sample_corpus
 
     start = time.perf_counter()
     model = build_classifier(work)
@@ -532,7 +533,7 @@ def run_checks(work: Path, gpu: str | None) -> None:
     record("build tiny Qwen2 + LoRA + data", "cpu", f"{n_params / 1e3:.0f}k params, {ARGS.questions} questions",
            time.perf_counter() - start, "PASS")
 
-    from tokenskip.modeling import load_tokenizer
+    from tokenskip.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     cpu = EvalSide("cpu", "float32")

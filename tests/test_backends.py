@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from tokenskip import evaluate
 from tokenskip.backends import DecodingSettings
 from tokenskip.backends.hf import HFBackend
 from tokenskip.backends.vllm import lora_rank_limit
-from tokenskip.modeling import load_tokenizer, stop_token_ids
+from tokenskip.models.loading import load_tokenizer, stop_token_ids
+from tokenskip.stages import evaluate
 
 
 @pytest.fixture()
@@ -242,7 +242,7 @@ def test_an_unreachable_server_is_a_one_line_error(tiny_lm_dir, tmp_path):
      "name it with --served-adapter"),
 ])
 def test_server_flags_are_checked(tiny_lm_dir, tmp_path, extra, message):
-    from tokenskip.errors import UsageError
+    from tokenskip.core.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
         evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path), *extra])

@@ -8,11 +8,12 @@ import types
 
 import pytest
 
-from tokenskip import data, download, evaluate
-from tokenskip.data import load_examples
-from tokenskip.errors import UsageError
-from tokenskip.grading import GRADERS_BY_FORMAT, Grader, GradeRequest
-from tokenskip.parsing import extract_choice
+from tokenskip.core.errors import UsageError
+from tokenskip.data import benchmarks as data
+from tokenskip.data.benchmarks import load_examples
+from tokenskip.grading.graders import GRADERS_BY_FORMAT, Grader, GradeRequest
+from tokenskip.grading.parsing import extract_choice
+from tokenskip.stages import download, evaluate
 
 
 def write_jsonl(path, records):

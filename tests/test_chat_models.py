@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny_models import save_tiny_llama
 
-from tokenskip import evaluate, layout, llamafactory, templates, thinking
-from tokenskip.errors import UsageError
-from tokenskip.prompts import INSTRUCTION, build_prompt
+from testkit.tiny_models import save_tiny_llama
+from tokenskip.core import layout
+from tokenskip.core.errors import UsageError
+from tokenskip.prompting import templates, thinking
+from tokenskip.prompting.prompts import INSTRUCTION, build_prompt
+from tokenskip.stages import evaluate, llamafactory
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 QUESTION = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
@@ -165,7 +167,7 @@ def test_output_cut_off_inside_the_thinking_has_no_answer(r1_dir, tmp_path):
     assert metrics["thinking"]["n"] == 2 and metrics["thinking"]["n_unfinished"] == 2
     assert metrics["accuracy"] == 0.0
     # the report shows thinking and answer tokens apart, and the outputs cut off inside <think>
-    from tokenskip import report
+    from tokenskip.stages import report
 
     [table] = report.main([str(tmp_path / "out")])
     assert table.rows[0].thinking == metrics["thinking"]
@@ -212,7 +214,7 @@ def write_thinking_stage1(model_dir: Path, tokenizer_dir: Path, prompt_opens_thi
 @pytest.mark.parametrize("prompt_opens_thinking", [True, False])
 def test_thinking_is_compressed_and_the_answer_section_kept_verbatim(r1_dir, tiny_lm_dir, tmp_path,
                                                                       prompt_opens_thinking):
-    from tokenskip import cts_stage
+    from tokenskip.stages import cts as cts_stage
 
     model_dir = tmp_path / "out" / "t"
     write_thinking_stage1(model_dir, r1_dir, prompt_opens_thinking)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
+from test_llamafactory import make_run
 
 SCRIPTS = ["evaluation.py", "LLMLingua.py", "llmlingua_ner.py", "CTS_data_get.py", "get_llamafactory_input.py",
            "copy_to_llamafactory.py", "register_dataset.py", "download_models.py", "report.py"]
@@ -38,7 +40,7 @@ def test_eval_sh_rejects_nothing_silently_when_the_model_is_missing(tmp_path):
 
 
 def test_a_missing_package_is_one_line_naming_it(capsys):
-    from tokenskip.cli import run_cli
+    from tokenskip.core.cli import run_cli
 
     def needs_peft(argv):
         raise ModuleNotFoundError("No module named 'peft'", name="peft")
@@ -51,7 +53,7 @@ def test_a_missing_package_is_one_line_naming_it(capsys):
 
 
 def test_a_missing_module_of_our_own_is_a_bug_not_a_user_error():
-    from tokenskip.cli import run_cli
+    from tokenskip.core.cli import run_cli
 
     def broken(argv):
         raise ModuleNotFoundError("No module named 'tokenskip.nope'", name="tokenskip.nope")
@@ -77,15 +79,28 @@ def bare_invocation(script: str, tmp_path) -> tuple[list[str], str | None]:
     (tmp_path / "lf" / "data" / "registered.json").write_text("[]")
     (tmp_path / "train.json").write_text("[]")
     (tmp_path / "predictions.jsonl").write_text('{"id": "1"}\n')
+    (tmp_path / "m").mkdir()
+    # stage 1's output on the train split, for stage 2 (which goes on to load the model's tokenizer) ...
+    train = tree / "Original" / "train" / "samples"
+    train.mkdir(parents=True)
+    (train / "metrics.json").write_text(json.dumps({"model_path": str(tmp_path / "m"), "model_type": "qwen"}))
+    (train / "predictions.jsonl").write_text(json.dumps({
+        "id": "q-0", "messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": ""}],
+        "answer": "4", "model_output": "2 + 2 = 4.\nThe final answer is: $\\boxed{4}$", "prediction": "4",
+        "accuracy": True}) + "\n")
+    # ... and stage 2's, for stage 3 (pure JSON work: the standard library is enough)
+    lingua_tree = tmp_path / "l" / "7b"
+    make_run(lingua_tree)
     missing = "is not installed in"
     return {
         "evaluation.py": (["--model-path", str(tmp_path / "m"), "--data-path", "datasets/sample/test.jsonl",
                           "--output-dir", str(tmp_path / "e")], missing),
-        "LLMLingua.py": (["--input-dir", str(tree)], missing),
-        "llmlingua_ner.py": (["--input-dir", str(tree)], missing),
+        "LLMLingua.py": (["--input-dir", str(tree), "--llmlingua-path", str(tmp_path / "m")], missing),
+        "llmlingua_ner.py": (["--input-dir", str(tree), "--llmlingua-path", str(tmp_path / "m")], missing),
         "CTS_data_get.py": (["--input_data", str(tmp_path / "predictions.jsonl"), "--reference_model",
                              str(tmp_path / "m")], missing),
-        "get_llamafactory_input.py": (["--input-dir", str(tree)], missing),
+        "get_llamafactory_input.py": (["--input-dir", str(lingua_tree), "--ratios", "0.9", "0.5", "--output-file",
+                                       str(tmp_path / "lf.json")], None),
         "copy_to_llamafactory.py": (["--llamafactory-dir", str(tmp_path / "lf"), "--source-file",
                                      str(tmp_path / "train.json")], None),
         "register_dataset.py": (["--llamafactory-dir", str(tmp_path / "lf"), "--dataset-file", "registered.json"],
@@ -108,28 +123,33 @@ def test_a_bare_interpreter_gets_one_line_naming_the_missing_package(script, tmp
     assert line.startswith("error: the package '") and expected in line and "make setup" in line
 
 
-def test_run_cli_imports_a_stage_named_by_its_module(tmp_path, monkeypatch, capsys):
-    """`run_cli("module:function")` imports the stage inside the guard, so an import-time failure is caught."""
-    from tokenskip.cli import run_cli
+def test_a_stage_imported_inside_the_guard_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """`with user_errors(): from stage import main` catches an import-time failure of the stage."""
+    from tokenskip.core.cli import user_errors
 
     (tmp_path / "stage_needing_a_package.py").write_text("import no_such_package_xyz\n\ndef main(argv):\n    pass\n")
-    (tmp_path / "stage_fine.py").write_text("CALLS = []\n\ndef main(argv):\n    CALLS.append(argv)\n")
+    (tmp_path / "stage_fine.py").write_text("CALLS = []\n\ndef main(argv=None):\n    CALLS.append(argv)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli("stage_needing_a_package:main", [])
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        from stage_needing_a_package import main  # noqa: F401
     assert exit_info.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: the package 'no_such_package_xyz' is not installed")
-    run_cli("stage_fine:main", ["--x"])
+    with user_errors():
+        from stage_fine import main
+
+        main(["--x"])
     import stage_fine
 
     assert stage_fine.CALLS == [["--x"]]
 
 
-def test_every_entry_script_names_its_stage_lazily():
-    """An entry script that imports its stage at the top escapes run_cli's guard (see the test above)."""
+def test_every_entry_script_imports_its_stage_inside_the_guard():
+    """An entry script that imports its stage at the top escapes the guard (see the test above)."""
     for script in SCRIPTS:
-        text = (ROOT / script).read_text()
-        assert "from tokenskip.cli import run_cli" in text
-        imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
-        assert imports == ["from tokenskip.cli import run_cli"], (script, imports)
+        lines = (ROOT / script).read_text().splitlines()
+        top = [line for line in lines if line.startswith(("import ", "from "))]
+        assert top == ["from tokenskip.core.cli import user_errors"], (script, top)
+        guard = lines.index('    with user_errors():  # the stage is imported inside: a missing package is one line, '
+                            'not a traceback')
+        assert lines[guard + 1].startswith("        from tokenskip.stages."), (script, lines[guard + 1])

@@ -12,12 +12,15 @@ import pytest
 import torch
 from conftest import ROOT
 
-from tokenskip import compress, cts_stage
-from tokenskip.cli import run_cli
-from tokenskip.scorers import CoT, scorer_class
-from tokenskip.scorers.cts import CTSScorer, keep_count, keep_units
+from tokenskip.compression import driver as compress
+from tokenskip.compression.scorers import CoT, scorer_class
+from tokenskip.compression.scorers.cts import CTSScorer, keep_count, keep_units
+from tokenskip.core import layout
+from tokenskip.core.cli import run_cli
+from tokenskip.core.ratios import DEFAULT_RATIOS
+from tokenskip.stages import cts as cts_stage
 
-RATIOS = compress.DEFAULT_RATIOS
+RATIOS = DEFAULT_RATIOS
 COTS = [
     CoT("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether.",
         "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -197,20 +200,20 @@ def test_stage_writes_every_ratio_file_and_reruns_identically(tiny_lm_dir, tmp_p
     assert summary["n_predictions"] == 5 and summary["n_correct"] == 3 and summary["n_compressed"] == 3
     means = []
     for ratio in RATIOS:
-        lines = [json.loads(line) for line in compress.ratio_file(folder, ratio).read_text().splitlines()]
+        lines = [json.loads(line) for line in layout.ratio_file(folder, ratio).read_text().splitlines()]
         assert [line["id"] for line in lines] == ["gsm8k-train-0", "gsm8k-train-1", "gsm8k-train-3"]
         assert all(set(line) == FIELDS and line["is_correct"] is True for line in lines)
         assert all(line["compressed_cot_tokens"] < line["original_cot_tokens"] for line in lines)
         means.append(sum(line["compression_rate"] for line in lines) / len(lines))
     assert means == sorted(means, reverse=True) and len(set(means)) == len(means)
-    first = {ratio: compress.ratio_file(folder, ratio).read_bytes() for ratio in RATIOS}
+    first = {ratio: layout.ratio_file(folder, ratio).read_bytes() for ratio in RATIOS}
 
     rerun = tmp_path / "rerun"
     result = subprocess.run([sys.executable, "CTS_data_get.py", *stage_args(predictions, tiny_lm_dir),
                              "--output_data", str(rerun)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "train_outputs_compressed_ratio_" in result.stdout
-    assert {ratio: compress.ratio_file(rerun, ratio).read_bytes() for ratio in RATIOS} == first
+    assert {ratio: layout.ratio_file(rerun, ratio).read_bytes() for ratio in RATIOS} == first
 
 
 def test_single_compression_ratio_and_output_folder(tiny_lm_dir, tmp_path):
@@ -222,7 +225,7 @@ def test_single_compression_ratio_and_output_folder(tiny_lm_dir, tmp_path):
     formatted = predictions.with_name("predictions_formatted.jsonl")
     cts_stage.main(stage_args(formatted, tiny_lm_dir, "--compression_ratio", "0.5",
                               "--output_data", str(out / "again")))
-    assert compress.ratio_file(out / "again", 0.5).read_bytes() == compress.ratio_file(out, 0.5).read_bytes()
+    assert layout.ratio_file(out / "again", 0.5).read_bytes() == compress.ratio_file(out, 0.5).read_bytes()
     assert cts_stage.chosen_ratios(0.3, [0.9, 0.5]) == [0.9, 0.5, 0.3]
     assert cts_stage.chosen_ratios(None, None) == list(RATIOS)
     assert cts_stage.default_output_folder(Path("a/file.jsonl")) == Path("a/CTS_Compression")

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenskip import cts_stage, layout
-from tokenskip.cli import run_cli
-from tokenskip.scorers import CoT, scorer_class
-from tokenskip.scorers.cts_authors import AuthorsCTSScorer, _LegacyCacheModel, load_compressor
-from tokenskip.scorers.llmlingua2 import use_offline_tiktoken
+from tokenskip.compression.scorers import CoT, scorer_class
+from tokenskip.compression.scorers.cts_authors import AuthorsCTSScorer, _LegacyCacheModel, load_compressor
+from tokenskip.compression.scorers.llmlingua2 import use_offline_tiktoken
+from tokenskip.core import layout
+from tokenskip.core.cli import run_cli
+from tokenskip.stages import cts as cts_stage
 
 RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
 QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -225,7 +226,7 @@ def test_cut_to_the_thinking_token_budget(tiny_dir, smollm2_dir, cots):
 
 
 def test_refuses_a_cot_without_question(scorer):
-    from tokenskip.errors import UsageError
+    from tokenskip.core.errors import UsageError
 
     with pytest.raises(UsageError, match="no question"):
         scorer.score([CoT(SHORT)])

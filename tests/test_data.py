@@ -3,8 +3,8 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
-from tokenskip.data import load_examples, subsample
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
+from tokenskip.data.benchmarks import load_examples, subsample
 
 
 def write_jsonl(path, records):

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
-from tokenskip import download
-from tokenskip.data import load_examples
-from tokenskip.download import RepoFiles, build_parser, main, make_plan
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
+from tokenskip.data.benchmarks import load_examples
+from tokenskip.stages import download
+from tokenskip.stages.download import RepoFiles, build_parser, main, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 UNREACHABLE = "http://127.0.0.1:9"
@@ -348,7 +348,7 @@ def test_datasets_are_written_in_the_format_evaluation_reads(tmp_path, monkeypat
 
 
 def test_a_second_download_into_the_same_folder_is_refused(tmp_path, monkeypatch):
-    from tokenskip.locking import FolderLock
+    from tokenskip.core.locking import FolderLock
 
     monkeypatch.setattr(download.embedded, "materialize", lambda base: pytest.fail("ran beside another download"))
     with FolderLock(tmp_path), pytest.raises(UsageError, match=f"in use by another run \\(pid {os.getpid()}"):

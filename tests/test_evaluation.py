@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import evaluate
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
+from tokenskip.stages import evaluate
 
 SAMPLE_TEST = ROOT / "datasets" / "sample" / "test.jsonl"
 PREDICTION_FIELDS = {"dataset", "id", "messages", "answer", "reference", "prompt", "model_output", "prediction",

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tokenskip import equivalence
-from tokenskip.data import gsm8k_final_answer, gsm8k_solution_as_output
-from tokenskip.equivalence import is_equivalent, math_verify_equivalent, quick_verdict
-from tokenskip.errors import UsageError
-from tokenskip.grading import Grade, Grader, GradeRequest
+from tokenskip.core.errors import UsageError
+from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output
+from tokenskip.grading.equivalence import is_equivalent, math_verify_equivalent, quick_verdict
+from tokenskip.grading.graders import Grade, Grader, GradeRequest, equivalence
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIMEOUT_S = 3.0

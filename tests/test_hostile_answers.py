@@ -20,10 +20,10 @@ from types import CodeType
 
 import pytest
 
-from tokenskip import grading
-from tokenskip.equivalence import is_equivalent, math_verify_equivalent
-from tokenskip.grading import Grader, GradeRequest
-from tokenskip.parsing import normalize_answer
+from tokenskip.grading import graders as grading
+from tokenskip.grading.equivalence import is_equivalent, math_verify_equivalent
+from tokenskip.grading.graders import Grader, GradeRequest
+from tokenskip.grading.parsing import normalize_answer
 
 TIMEOUT_S = 10.0  # generous: only the sentinel matters here, not the verdict's speed
 
@@ -286,7 +286,7 @@ def test_a_crash_in_the_in_process_shortcut_is_recorded(monkeypatch):
 def test_plain_expressions_still_parse_as_sympy_read_them():
     from sympy import E, I, Rational, Symbol, pi, sqrt
 
-    from tokenskip.equivalence import _parse_plain
+    from tokenskip.grading.equivalence import _parse_plain
 
     x = Symbol("x")
     assert _parse_plain("sqrt(2)/2") == sqrt(2) / 2

@@ -9,12 +9,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
 from conftest import ROOT
 
-from tokenskip import compress, lingua_stage
-from tokenskip.errors import UsageError
-from tokenskip.scorers.ner import pattern_entities
+from testkit.classifiers import (
+    FOLDER_NAMES,
+    TINY,
+    build_classifier,
+    gsm8k_cots,
+    synthetic_cots,
+    tokenizer_training_texts,
+)
+from tokenskip.compression.scorers.ner import pattern_entities
+from tokenskip.core import layout
+from tokenskip.core.errors import UsageError
+from tokenskip.stages import lingua as lingua_stage
 
 RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -126,4 +134,4 @@ def test_long_cots_are_dropped_with_the_reason(run_dir, classifier):
                                            "--max-cot-tokens", "100"])
     assert summary["dropped"] == {"longer than 100 tokens": summary["n_correct"] - summary["n_compressed"]}
     assert 0 < summary["n_compressed"] < summary["n_correct"]
-    assert compress.ratio_file(run_dir / "Compression", 0.5).exists()
+    assert layout.ratio_file(run_dir / "Compression", 0.5).exists()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import llamafactory
-from tokenskip.errors import UsageError
-from tokenskip.prompts import build_prompt
+from tokenskip.core.errors import UsageError
+from tokenskip.prompting.prompts import build_prompt
+from tokenskip.stages import llamafactory
 
 QUESTIONS = {"q-0": ("Tom has 3 apples and buys 4. How many?", "7"), "q-1": ("What is 10 / 4?", "\\frac{5}{2}")}
 COTS = {"q-0": "Tom has 3 + 4 = 7 apples.", "q-1": "10 / 4 = 2.5, which is \\frac{5}{2}."}

@@ -13,17 +13,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from classifiers import (
+
+from testkit.classifiers import (
     FOLDER_NAMES,
     TINY,
     build_classifier,
     sample_corpus,
     tokenizer_training_texts,
 )
-
-from tokenskip.errors import UsageError
-from tokenskip.scorers import CoT, scorer_class
-from tokenskip.scorers.llmlingua2 import (
+from tokenskip.compression.scorers import CoT, scorer_class
+from tokenskip.compression.scorers.llmlingua2 import (
     CL100K_SHA256,
     CL100K_URL,
     LLAMA3_OPTIONS,
@@ -31,6 +30,7 @@ from tokenskip.scorers.llmlingua2 import (
     LLMLingua2Scorer,
     use_offline_tiktoken,
 )
+from tokenskip.core.errors import UsageError
 
 RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
 

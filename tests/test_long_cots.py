@@ -19,19 +19,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
-from tiny_models import save_tiny_llama
 
-from tokenskip.errors import UsageError
-from tokenskip.scorers import CoT
-from tokenskip.scorers.cts import CTSScorer, keep_count
-from tokenskip.scorers.llmlingua2 import (
+from testkit.classifiers import (
+    FOLDER_NAMES,
+    TINY,
+    build_classifier,
+    gsm8k_cots,
+    synthetic_cots,
+    tokenizer_training_texts,
+)
+from testkit.tiny_models import save_tiny_llama
+from tokenskip.compression.scorers import CoT
+from tokenskip.compression.scorers.cts import CTSScorer, keep_count
+from tokenskip.compression.scorers.llmlingua2 import (
     MAX_SEQ_LEN,
     OPTIONS_BY_MODEL_TYPE,
     LLMLingua2Scorer,
     use_offline_tiktoken,
 )
-from tokenskip.scorers.ner import NERScorer, word_spans
+from tokenskip.compression.scorers.ner import NERScorer, word_spans
+from tokenskip.core.errors import UsageError
 
 RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
 QUESTION = "How many clips did Natalia sell in April and May?"
@@ -252,7 +259,7 @@ def test_cts_cot_within_the_window_scores_as_without_windows(tiny_lm_dir):
 
 def test_cts_log_probabilities_in_slices_are_identical(tiny_lm_dir, monkeypatch):
     """Log-softmax over a few positions at a time (bounded memory) gives the very same scores."""
-    from tokenskip.scorers import cts
+    from tokenskip.compression.scorers import cts
 
     cots = [cts_long_cot(4), CoT("Natalia sold 48/2 = 24 clips in May.", QUESTION, "72")]
     scorer = CTSScorer(tiny_lm_dir, device="cpu", progress=False)

@@ -1,10 +1,10 @@
-"""Answer extraction and normalisation (tokenskip.parsing)."""
+"""Answer extraction and normalisation (tokenskip.grading.parsing)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tokenskip.parsing import extract_answer, extract_boxed, normalize_answer
+from tokenskip.grading.parsing import extract_answer, extract_boxed, normalize_answer
 
 
 def test_boxed_contents_keep_nested_braces():

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tokenskip.prompts import build_prompt, cot_of, ratio_tag
+from tokenskip.core.ratios import ratio_tag
+from tokenskip.prompting.prompts import build_prompt, cot_of
 
 QUESTION = "Janet has 3 apples. How many?"
 QWEN_HEAD = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -49,7 +50,7 @@ def test_cot_stops_at_final_answer_marker():
 
 
 def test_prompt_based_reduction_request():
-    from tokenskip.prompts import reduction_request
+    from tokenskip.prompting.prompts import reduction_request
 
     assert reduction_request(0.5) == "Please reduce 50% of the words in your reasoning."
     assert reduction_request(0.9) == "Please reduce 10% of the words in your reasoning."

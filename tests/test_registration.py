@@ -17,9 +17,10 @@ import pytest
 from conftest import ROOT
 from test_llamafactory import convert, lf_checkout, make_run
 
-from tokenskip import layout, llamafactory
-from tokenskip.errors import UsageError
-from tokenskip.locking import FolderLock
+from tokenskip.core import layout
+from tokenskip.core.errors import UsageError
+from tokenskip.core.locking import FolderLock
+from tokenskip.stages import llamafactory
 
 ENTRY = {"file_name": "train.json", "columns": llamafactory.DATASET_COLUMNS}
 # another user's dataset, registered under the name our file would get
@@ -278,7 +279,7 @@ def test_modes_follow_the_umask_and_the_existing_files(tmp_path, umask_022, fixe
     assert mode(data_backup) == 0o660
 
 
-# --- 6. inputs are found where tokenskip.layout puts them -------------------------------------------------------
+# --- 6. inputs are found where tokenskip.core.layout puts them -------------------------------------------------------
 
 
 def test_inputs_are_found_through_the_layout(tmp_path, monkeypatch):

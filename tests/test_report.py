@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import report
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
+from tokenskip.stages import report
 
 
 def put(root: Path, relative: str, **metrics) -> None:

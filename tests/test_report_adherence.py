@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import report
+from tokenskip.stages import report
 
 
 def write_run(group: Path, relative: str, cots: list[float], correct: list[bool], extra: list[dict] | None = None,
@@ -36,7 +36,7 @@ def write_run(group: Path, relative: str, cots: list[float], correct: list[bool]
 
 
 def write_summary(group: Path, folder: str, method: str, ratios: dict[str, float]) -> None:
-    """Stage 2's compression_summary.json, as tokenskip.compress writes it."""
+    """Stage 2's compression_summary.json, as tokenskip.compression.driver writes it."""
     path = group / folder / "compression_summary.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"method": method, "ratios": {

@@ -18,9 +18,10 @@ import pytest
 from conftest import ROOT
 from test_evaluation import SAMPLE_TEST, cli_args, read_lines, run_script
 
-from tokenskip import evaluate, jsonio
-from tokenskip.errors import UsageError
-from tokenskip.locking import FolderLock
+from tokenskip.core import jsonio
+from tokenskip.core.errors import UsageError
+from tokenskip.core.locking import FolderLock
+from tokenskip.stages import evaluate
 
 SAMPLES = Path("tiny") / "Original" / "test" / "samples"
 
@@ -63,7 +64,7 @@ def test_two_concurrent_runs_one_works_one_gets_a_one_line_error(tiny_lm_dir, tm
 
 
 def test_the_lock_goes_with_a_killed_process(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tokenskip.locking import FolderLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tokenskip.core.locking import FolderLock; "
                                f"FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -77,10 +78,20 @@ def test_the_lock_goes_with_a_killed_process(tmp_path):
 
 def test_a_forked_child_that_outlives_a_killed_holder_does_not_keep_the_lock(tmp_path):
     # vLLM forks its engine process; after kill -9 of evaluation.py that child lives on a while
-    script = ("import multiprocessing, time; from tokenskip.locking import FolderLock; "
-              f"FolderLock({str(tmp_path)!r}).acquire(); "
-              "child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,)); child.start(); "
-              "print(child.pid, flush=True); time.sleep(60)")
+    script = "\n".join([
+        "import multiprocessing, time",
+        "from tokenskip.core.locking import FolderLock",
+        f"FolderLock({str(tmp_path)!r}).acquire()",
+        "fork = multiprocessing.get_context('fork')",
+        "running = fork.Event()",
+        "def child_body():",
+        "    running.set()",  # the after-fork hooks have run by now
+        "    time.sleep(60)",
+        "child = fork.Process(target=child_body)",
+        "child.start()",
+        "assert running.wait(60)",
+        "print(child.pid, flush=True)",
+        "time.sleep(60)"])
     holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     child = int(holder.stdout.readline())
     try:
@@ -119,7 +130,7 @@ def test_regrading_another_file_leaves_the_run_and_its_metrics_alone(tiny_lm_dir
 
 
 def test_grader_errors_are_kept_on_the_record(tiny_lm_dir, tmp_path, monkeypatch):
-    from tokenskip import grading
+    from tokenskip.grading import graders as grading
 
     crash = grading.AnswerGrader(verdict=lambda *a: (_ for _ in ()).throw(RecursionError("too deep")))
     monkeypatch.setitem(grading.GRADERS, "tokenskip", crash)
@@ -258,7 +269,7 @@ def test_overlong_prompts_are_counted_and_skipped_or_cut_on_request(short_contex
     [skipped] = evaluate.main(cli_args(short_context_model, tmp_path / "skip", *qwen, "--overlong", "skip"))
     assert skipped["n_samples"] == 2 and skipped["n_skipped_overlong"] == 2
     [cut] = evaluate.main(cli_args(short_context_model, tmp_path / "cut", *qwen, "--overlong", "truncate"))
-    from tokenskip.modeling import load_tokenizer
+    from tokenskip.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(short_context_model))
     records = read_lines(tmp_path / "cut" / SAMPLES / "predictions.jsonl")

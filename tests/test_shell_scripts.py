@@ -1,7 +1,7 @@
-"""The shell drivers (eval.sh, scripts/*.sh): settings checked up front, paths asked of tokenskip.layout.
+"""The shell drivers (eval.sh, scripts/*.sh): settings checked up front, paths asked of tokenskip.core.layout.
 
 PYTHON points at a fake interpreter that records each stage script's command line instead of
-running it (so no model is needed), except `-m tokenskip.layout`, which it hands to the real one.
+running it (so no model is needed), except `-m tokenskip.core.layout`, which it hands to the real one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import layout
+from tokenskip.core import layout
 
 SHELL_SCRIPTS = sorted([ROOT / "eval.sh", *(ROOT / "scripts").glob("*.sh")])
 
@@ -120,7 +120,7 @@ def test_unset_ratios_keep_their_defaults(fake):
     assert values_of(call, "--ratios") == ["0.9", "0.8", "0.7", "0.6", "0.5"]
 
 
-# --- paths come from tokenskip.layout ---------------------------------------------------------
+# --- paths come from tokenskip.core.layout ---------------------------------------------------------
 
 def test_cts_reads_the_stage1_predictions_the_layout_names(fake, tmp_path):
     result, [call] = fake("scripts/2_compress.sh", METHOD="cts", MODEL_SIZE="3b")
@@ -141,7 +141,7 @@ def code_lines(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: path.name)
 def test_no_driver_spells_an_outputs_tree_path(script):
-    """The folder names of stage 1's CoTs and stage 2's output belong to tokenskip/layout.py alone."""
+    """The folder names of stage 1's CoTs and stage 2's output belong to tokenskip/core/layout.py alone."""
     spelled = [*layout.COMPRESSION_FOLDERS.values(), "train/samples", layout.PREDICTIONS]
     for line in code_lines(script):
         for name in spelled:

@@ -1,4 +1,4 @@
-"""Soft compression (soft_compress.py, tokenskip/soft_compression.py) on tiny random Llamas.
+"""Soft compression (soft_compress.py, tokenskip/compression/soft.py) on tiny random Llamas.
 
 What is checked: the memory-token injection (shapes, masks, positions: a request fed as embeddings
 generates exactly what its token ids generate), the compressor being the generator's first N
@@ -15,9 +15,23 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tokenskip import soft_compression as sc  # noqa: E402
-from tokenskip import soft_stage  # noqa: E402
-from tokenskip.errors import UsageError  # noqa: E402
+from tokenskip.compression.soft.items import Item, answer_of, blocks_of, load_items, request_pieces, soft_positions  # noqa: E402
+from tokenskip.compression.soft.model import SoftModel, _decoder_layers, generate_answers, left_pad  # noqa: E402
+from tokenskip.compression.soft.settings import (  # noqa: E402
+    BOXED_CUE,
+    CHECKPOINT,
+    COMPRESSOR_DIR,
+    GENERATOR_ADAPTER_DIR,
+    METRICS_KIND,
+    SETTINGS_FILE,
+    TEACHER_FILE,
+    THINK_CLOSE_CUE,
+    TRAIN_LOG,
+    SoftSettings,
+)
+from tokenskip.compression.soft.train import target_ids  # noqa: E402
+from tokenskip.core.errors import UsageError  # noqa: E402
+from tokenskip.stages import soft as soft_stage  # noqa: E402
 
 QUESTIONS = [
     ("Tom has 3 apples and buys 4 more. How many apples does he have?", "Tom has 3 + 4 = 7 apples.", "7"),
@@ -27,15 +41,15 @@ QUESTIONS = [
 ]
 
 
-def settings_for(model_dir: Path, **overrides) -> sc.SoftSettings:
+def settings_for(model_dir: Path, **overrides) -> SoftSettings:
     values = dict(base_model=str(model_dir), n_layers=1, mem_tokens=2, block_size=8, prompt_format="chat",
                   lora_r=4, lora_alpha=8)
     values.update(overrides)
-    return sc.SoftSettings(**values)
+    return SoftSettings(**values)
 
 
-def items() -> list[sc.Item]:
-    return [sc.Item(id=str(i), question=q, context=c, answer=a) for i, (q, c, a) in enumerate(QUESTIONS)]
+def items() -> list[Item]:
+    return [Item(id=str(i), question=q, context=c, answer=a) for i, (q, c, a) in enumerate(QUESTIONS)]
 
 
 def write_cots(path: Path, *, hard: bool = False) -> Path:
@@ -49,27 +63,27 @@ def write_cots(path: Path, *, hard: bool = False) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_lm_dir) -> sc.SoftModel:
-    return sc.SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32, seed=0)
+def model(tiny_lm_dir) -> SoftModel:
+    return SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32, seed=0)
 
 
 # ---------------------------------------------------------------- counting and padding
 
 
 def test_memory_counts_follow_the_block_rate():
-    settings = sc.SoftSettings(base_model="x", mem_tokens=8, block_size=128)
+    settings = SoftSettings(base_model="x", mem_tokens=8, block_size=128)
     assert settings.memory_count(128) == 8
     assert settings.memory_count(64) == 4
     assert settings.memory_count(1) == 1  # never zero
-    assert sc.soft_positions(128 * 3 + 17, settings) == 3 * 8 + 2
-    assert sc.soft_positions(0, settings) == 0
-    assert [len(block) for block in sc.blocks_of(list(range(300)), settings)] == [128, 128, 44]
+    assert soft_positions(128 * 3 + 17, settings) == 3 * 8 + 2
+    assert soft_positions(0, settings) == 0
+    assert [len(block) for block in blocks_of(list(range(300)), settings)] == [128, 128, 44]
 
 
 def test_left_pad_masks_and_positions():
     rows = [torch.ones(3, 4), torch.full((5, 4), 2.0)]
     labels_in = [[-100, -100, 9], [-100] * 4 + [8]]
-    embeds, mask, positions, labels = sc.left_pad(rows, torch.zeros(1, 4), with_labels=labels_in)
+    embeds, mask, positions, labels = left_pad(rows, torch.zeros(1, 4), with_labels=labels_in)
     assert embeds.shape == (2, 5, 4)
     assert mask.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert positions.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
@@ -82,10 +96,10 @@ def test_left_pad_masks_and_positions():
 
 def test_soft_request_replaces_the_context_by_its_memory_embeddings(model):
     item = items()[0]
-    pieces = sc.request_pieces(model.tokenizer, item, model.settings, item.context)
+    pieces = request_pieces(model.tokenizer, item, model.settings, item.context)
     assert len(pieces.context) > model.settings.block_size  # more than one block
     soft = model.compress([pieces])[0]
-    expected = sc.soft_positions(len(pieces.context), model.settings)
+    expected = soft_positions(len(pieces.context), model.settings)
     assert soft.inputs.shape == (expected, model.generator.config.hidden_size) and soft.states is None
     row = model.request_embeddings(pieces, soft)
     assert row.embeds.shape[0] == len(pieces.prefix) + expected + len(pieces.cue)
@@ -97,17 +111,17 @@ def test_soft_request_replaces_the_context_by_its_memory_embeddings(model):
     assert torch.equal(model.scale.detach(), torch.stack([torch.zeros(hidden), torch.ones(hidden)]))
     text = model.request_embeddings(pieces)
     assert text.embeds.shape[0] == len(pieces.prefix) + len(pieces.context) + len(pieces.cue)
-    alone = model.request_embeddings(sc.request_pieces(model.tokenizer, item, model.settings, None), with_context=False)
-    assert alone.embeds.shape[0] == len(pieces.prefix) + len(model.tokenizer(sc.BOXED_CUE.lstrip()).input_ids)
+    alone = model.request_embeddings(request_pieces(model.tokenizer, item, model.settings, None), with_context=False)
+    assert alone.embeds.shape[0] == len(pieces.prefix) + len(model.tokenizer(BOXED_CUE.lstrip()).input_ids)
 
 
 def test_layer_injection_replaces_the_soft_positions_at_layer_n(tiny_lm_dir):
     """inject="layer": the states entering generator layer N at the soft positions are the
     compressor's layer-N output (its residual stream, before the final norm), wherever left padding
     puts them; every other position enters layer N exactly as without injection."""
-    model = sc.SoftModel.create(settings_for(tiny_lm_dir, inject="layer"), device="cpu", dtype=torch.float32)
+    model = SoftModel.create(settings_for(tiny_lm_dir, inject="layer"), device="cpu", dtype=torch.float32)
     model.eval()
-    requests = [sc.request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()[:2]]
+    requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()[:2]]
     seen = []
 
     def capture(module, args, kwargs):
@@ -117,7 +131,7 @@ def test_layer_injection_replaces_the_soft_positions_at_layer_n(tiny_lm_dir):
         softs = model.compress(requests)
         rows = [model.request_embeddings(p, s) for p, s in zip(requests, softs)]
         (embeds, mask, positions), injection = model.batch(rows)
-        layer = sc._decoder_layers(model.generator)[model.settings.n_layers]
+        layer = _decoder_layers(model.generator)[model.settings.n_layers]
         with model.injecting(injection):
             handle = layer.register_forward_pre_hook(capture, with_kwargs=True)  # runs after the injection's
             try:
@@ -142,7 +156,7 @@ def test_layer_injection_replaces_the_soft_positions_at_layer_n(tiny_lm_dir):
 
 
 def test_batched_compression_equals_one_at_a_time(model):
-    requests = [sc.request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
+    requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
     model.eval()
     with torch.no_grad():
         together = model.compress(requests)
@@ -154,7 +168,7 @@ def test_batched_compression_equals_one_at_a_time(model):
 def test_embeddings_generate_what_token_ids_generate_under_left_padding(model):
     """The masks and positions of the injection: a text request fed as embeddings, padded in a batch
     with longer ones, gives the same greedy tokens as the plain model on its token ids alone."""
-    requests = [sc.request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
+    requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
     rows = [model.request_embeddings(pieces) for pieces in requests]  # text: no soft context, no injection
     with model.reading(soft=False):
         batched = model.generate(rows, max_new_tokens=6)
@@ -173,7 +187,7 @@ def test_embeddings_generate_what_token_ids_generate_under_left_padding(model):
 
 
 def sc_stop_ids(model):
-    from tokenskip.modeling import stop_token_ids
+    from tokenskip.models.loading import stop_token_ids
 
     return stop_token_ids(model.tokenizer)
 
@@ -181,7 +195,7 @@ def sc_stop_ids(model):
 def test_the_compressor_is_the_generators_first_n_layers(tiny_lm_dir):
     from transformers import AutoModelForCausalLM
 
-    model = sc.SoftModel.create(settings_for(tiny_lm_dir, n_layers=1), device="cpu", dtype=torch.float32)
+    model = SoftModel.create(settings_for(tiny_lm_dir, n_layers=1), device="cpu", dtype=torch.float32)
     full = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
     assert model.compressor.config.num_hidden_layers == 1
     assert len(model.compressor.layers) == 1
@@ -204,7 +218,7 @@ def test_the_compressor_is_the_generators_first_n_layers(tiny_lm_dir):
 
 def test_n_layers_must_leave_a_generator(tiny_lm_dir):
     with pytest.raises(UsageError, match="below the generator's 2 layers"):
-        sc.SoftModel.create(settings_for(tiny_lm_dir, n_layers=2), device="cpu", dtype=torch.float32)
+        SoftModel.create(settings_for(tiny_lm_dir, n_layers=2), device="cpu", dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- training, saving, loading
@@ -222,43 +236,43 @@ def test_two_training_steps_save_a_model_that_loads_back_the_same(tiny_lm_dir, t
     out = tmp_path / "soft"
     summary = train_cli(tiny_lm_dir, data, out, "--max-steps", "2", "--lr", "1e-2", "--compressor-lr", "1e-2")
     assert summary["steps"] == 2 and summary["examples"] == 4
-    log = [json.loads(line) for line in (out / sc.TRAIN_LOG).read_text().splitlines()]
+    log = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
-    recorded = json.loads((out / sc.SETTINGS_FILE).read_text())
+    recorded = json.loads((out / SETTINGS_FILE).read_text())
     assert (recorded["n_layers"], recorded["mem_tokens"], recorded["block_size"]) == (1, 2, 8)
     assert recorded["base_model"] == str(tiny_lm_dir)
-    assert (out / sc.GENERATOR_ADAPTER_DIR / "adapter_config.json").is_file()
-    assert (out / sc.COMPRESSOR_DIR / "config.json").is_file()
-    assert not (out / sc.CHECKPOINT).exists()
-    teacher = [json.loads(line) for line in (out / sc.TEACHER_FILE).read_text().splitlines()]
+    assert (out / GENERATOR_ADAPTER_DIR / "adapter_config.json").is_file()
+    assert (out / COMPRESSOR_DIR / "config.json").is_file()
+    assert not (out / CHECKPOINT).exists()
+    teacher = [json.loads(line) for line in (out / TEACHER_FILE).read_text().splitlines()]
     assert len(teacher) == 4
     # the compressor moved away from the base model's layer, and the adapter from zero
-    fresh = sc.SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32)
-    loaded = sc.SoftModel.load(out, device="cpu", dtype=torch.float32)
+    fresh = SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32)
+    loaded = SoftModel.load(out, device="cpu", dtype=torch.float32)
     weight = "self_attn.q_proj.weight"
     assert not torch.equal(loaded.compressor.layers[0].state_dict()[weight],
                            fresh.compressor.layers[0].state_dict()[weight])
     lora_b = [p for n, p in loaded.generator.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
     # a second load computes exactly the same soft contexts and answers
-    again = sc.SoftModel.load(out, device="cpu", dtype=torch.float32)
-    requests = [sc.request_pieces(loaded.tokenizer, item, loaded.settings, item.context) for item in items()]
+    again = SoftModel.load(out, device="cpu", dtype=torch.float32)
+    requests = [request_pieces(loaded.tokenizer, item, loaded.settings, item.context) for item in items()]
     with torch.no_grad():
         for a, b in zip(loaded.compress(requests), again.compress(requests)):
             assert torch.equal(a.inputs, b.inputs)
-    assert sc.generate_answers(loaded, requests, condition="soft", max_new_tokens=4, batch_size=2) == \
-        sc.generate_answers(again, requests, condition="soft", max_new_tokens=4, batch_size=2)
+    assert generate_answers(loaded, requests, condition="soft", max_new_tokens=4, batch_size=2) == \
+        generate_answers(again, requests, condition="soft", max_new_tokens=4, batch_size=2)
 
 
 def test_save_then_load_round_trips_every_trained_tensor(tiny_lm_dir, tmp_path):
-    model = sc.SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32, seed=1)
+    model = SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32, seed=1)
     with torch.no_grad():
         model.memory.add_(0.5)
         model.scale.mul_(2.0)
         next(p for n, p in model.generator.named_parameters() if "lora_B" in n).add_(0.25)
         model.compressor.layers[0].mlp.up_proj.weight.add_(0.125)
     model.save(tmp_path / "m")
-    loaded = sc.SoftModel.load(tmp_path / "m", device="cpu", dtype=torch.float32)
+    loaded = SoftModel.load(tmp_path / "m", device="cpu", dtype=torch.float32)
     assert torch.equal(loaded.memory, model.memory) and torch.equal(loaded.scale, model.scale)
     assert torch.equal(loaded.compressor.layers[0].mlp.up_proj.weight, model.compressor.layers[0].mlp.up_proj.weight)
     ours = {n: p for n, p in model.generator.named_parameters() if "lora_" in n}
@@ -267,15 +281,15 @@ def test_save_then_load_round_trips_every_trained_tensor(tiny_lm_dir, tmp_path):
 
 
 def test_lora_compressor_round_trips(tiny_lm_dir, tmp_path):
-    model = sc.SoftModel.create(settings_for(tiny_lm_dir, compressor_train="lora"), device="cpu", dtype=torch.float32)
+    model = SoftModel.create(settings_for(tiny_lm_dir, compressor_train="lora"), device="cpu", dtype=torch.float32)
     groups = model.trainable()
     assert all(p.requires_grad for p in groups["compressor"])
     with torch.no_grad():
         next(p for n, p in model.compressor.named_parameters() if "lora_B" in n).add_(0.3)
     model.save(tmp_path / "m")
-    assert (tmp_path / "m" / sc.COMPRESSOR_DIR / "adapter_config.json").is_file()
-    loaded = sc.SoftModel.load(tmp_path / "m", device="cpu", dtype=torch.float32)
-    pieces = sc.request_pieces(model.tokenizer, items()[1], model.settings, items()[1].context)
+    assert (tmp_path / "m" / COMPRESSOR_DIR / "adapter_config.json").is_file()
+    loaded = SoftModel.load(tmp_path / "m", device="cpu", dtype=torch.float32)
+    pieces = request_pieces(model.tokenizer, items()[1], model.settings, items()[1].context)
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model.compress([pieces])[0].inputs, loaded.compress([pieces])[0].inputs, atol=1e-6)
@@ -288,20 +302,20 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_lm_dir, tmp_path
     def killed(self, folder):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sc.SoftModel, "save", killed)
+    monkeypatch.setattr(SoftModel, "save", killed)
     with pytest.raises(KeyboardInterrupt):
         train_cli(tiny_lm_dir, data, out, "--epochs", "2", "--save-every", "1", "--target", "gold")
-    assert (out / sc.CHECKPOINT).is_file() and not (out / sc.SETTINGS_FILE).exists()
-    assert len((out / sc.TRAIN_LOG).read_text().splitlines()) == 4
+    assert (out / CHECKPOINT).is_file() and not (out / SETTINGS_FILE).exists()
+    assert len((out / TRAIN_LOG).read_text().splitlines()) == 4
     monkeypatch.undo()
     summary = train_cli(tiny_lm_dir, data, out, "--epochs", "2", "--save-every", "1", "--target", "gold")
     assert summary["steps"] == 4
     # the step that was done but not checkpointed (step 4, after the last checkpoint at 3) runs again
-    steps = [json.loads(line)["step"] for line in (out / sc.TRAIN_LOG).read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / TRAIN_LOG).read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4]
-    assert (out / sc.SETTINGS_FILE).is_file() and not (out / sc.CHECKPOINT).exists()
+    assert (out / SETTINGS_FILE).is_file() and not (out / CHECKPOINT).exists()
     # another recipe on the same folder is refused rather than mixed in
-    (out / sc.CHECKPOINT).write_bytes(b"")
+    (out / CHECKPOINT).write_bytes(b"")
     monkeypatch.setattr(torch, "load", lambda *a, **k: {"recorded": {"other": 1}})
     with pytest.raises(UsageError, match="other settings or data"):
         train_cli(tiny_lm_dir, data, out, "--epochs", "2", "--save-every", "1", "--target", "gold")
@@ -311,7 +325,7 @@ def test_a_killed_training_run_resumes_from_its_checkpoint(tiny_lm_dir, tmp_path
 
 
 def test_evaluation_writes_metrics_that_report_shows(tiny_lm_dir, tmp_path):
-    from tokenskip import report
+    from tokenskip.stages import report
 
     data = write_cots(tmp_path / "cots.jsonl")
     held_out = write_cots(tmp_path / "held_out.jsonl", hard=True)
@@ -321,7 +335,7 @@ def test_evaluation_writes_metrics_that_report_shows(tiny_lm_dir, tmp_path):
                                "--latency-probe", "2", "--max-answer-tokens", "4", "--batch-size", "3",
                                "--no-progress"])
     assert list(metrics["conditions"]) == ["question", "text", "hard", "soft", "hybrid"]
-    assert metrics["stage"] == sc.METRICS_KIND and metrics["n_eval"] == 4
+    assert metrics["stage"] == METRICS_KIND and metrics["n_eval"] == 4
     for key in ("acc_question_only", "acc_text", "acc_soft", "positions_text", "positions_soft", "prefill_ms_text",
                 "prefill_ms_soft"):
         assert metrics[key] is not None, key
@@ -357,7 +371,7 @@ def test_items_from_stage1_and_stage2_files(tmp_path):
         "id": "a", "messages": [{"role": "user", "content": "How many?"}], "answer": "5", "accuracy": True,
         "model_output": "2 + 3 = 5 apples.\n\nThe final answer is: $\\boxed{5}$", "prediction": "5"}) + "\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"model_type": "chat"}))
-    [item] = sc.load_items(stage1)
+    [item] = load_items(stage1)
     assert (item.question, item.context, item.answer, item.thinking) == ("How many?", "2 + 3 = 5 apples.", "5", False)
     thinking = tmp_path / "t" / "predictions.jsonl"
     thinking.parent.mkdir()
@@ -365,16 +379,16 @@ def test_items_from_stage1_and_stage2_files(tmp_path):
         "id": "b", "messages": [{"role": "user", "content": "Q"}], "answer": "4", "accuracy": True,
         "model_output": "<think>\n2 + 2 = 4\n</think>\n\n$\\boxed{4}$", "prediction": "4"}) + "\n")
     (thinking.parent / "metrics.json").write_text(json.dumps({"model_type": "chat"}))
-    [think] = sc.load_items(thinking)
+    [think] = load_items(thinking)
     assert think.thinking and think.context == "2 + 2 = 4"
     stage2 = tmp_path / "ratio.jsonl"
     stage2.write_text(json.dumps({"id": "c", "question": "Q", "answer": "9", "cot": "4 + 5 = 9 in all",
                                   "compressed_cot": "4 + 5 = 9"}) + "\n")
-    [hybrid] = sc.load_items(stage2)
+    [hybrid] = load_items(stage2)
     assert hybrid.context == "4 + 5 = 9" and hybrid.hard_context == "4 + 5 = 9"
-    [original] = sc.load_items(stage2, context_field="cot")
+    [original] = load_items(stage2, context_field="cot")
     assert original.context == "4 + 5 = 9 in all" and original.hard_context == "4 + 5 = 9"
-    [evaluated] = sc.load_items(stage2, prefer_hard=False)  # evaluation: the text condition reads the original
+    [evaluated] = load_items(stage2, prefer_hard=False)  # evaluation: the text condition reads the original
     assert evaluated.context == "4 + 5 = 9 in all" and evaluated.hard_context == "4 + 5 = 9"
 
 
@@ -386,7 +400,7 @@ def test_unusable_records_are_one_line_errors(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(UsageError, match=message):
-        sc.load_items(path)
+        load_items(path)
 
 
 def test_recipes_are_checked_and_flags_override_them(tmp_path):
@@ -416,9 +430,9 @@ def test_a_folder_without_settings_is_not_a_model(tmp_path):
 
 
 def test_answers_are_cut_where_the_box_closes():
-    assert sc.answer_of(sc.BOXED_CUE, "72}$ and more") == "72}"
-    assert sc.answer_of(sc.BOXED_CUE, "72") == "72"
-    assert sc.answer_of(sc.THINK_CLOSE_CUE, "The answer is 4.") == "The answer is 4."
+    assert answer_of(BOXED_CUE, "72}$ and more") == "72}"
+    assert answer_of(BOXED_CUE, "72") == "72"
+    assert answer_of(THINK_CLOSE_CUE, "The answer is 4.") == "The answer is 4."
 
 
 def test_any_causal_lm_qwen2_architecture(tmp_path, smollm2_dir):
@@ -433,21 +447,21 @@ def test_any_causal_lm_qwen2_architecture(tmp_path, smollm2_dir):
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen2")
     tokenizer.save_pretrained(tmp_path / "qwen2")
-    model = sc.SoftModel.create(settings_for(tmp_path / "qwen2", n_layers=2, inject="layer"), device="cpu",
+    model = SoftModel.create(settings_for(tmp_path / "qwen2", n_layers=2, inject="layer"), device="cpu",
                                 dtype=torch.float32)
     assert len(model.compressor.layers) == 2
-    pieces = [sc.request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()[:2]]
-    loss = model.loss([(p, sc.target_ids(model.tokenizer, "7}")) for p in pieces])
+    pieces = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()[:2]]
+    loss = model.loss([(p, target_ids(model.tokenizer, "7}")) for p in pieces])
     loss.backward()
     assert torch.isfinite(loss) and model.memory.grad is not None and model.memory.grad.abs().sum() > 0
 
 
 def test_calibration_centres_the_memory_states_at_the_embeddings_spread(tiny_lm_dir):
-    model = sc.SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32)
+    model = SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32)
     model.eval()
-    requests = [sc.request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
+    requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
     seen = model.calibrate(requests)
-    assert seen["n"] == sum(sc.soft_positions(len(p.context), model.settings) for p in requests)
+    assert seen["n"] == sum(soft_positions(len(p.context), model.settings) for p in requests)
     with torch.no_grad():
         out = torch.cat([soft.inputs for soft in model.compress(requests)])
     assert out.mean(0).abs().max() < 1e-4  # centred

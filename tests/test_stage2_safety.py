@@ -1,6 +1,6 @@
 """Stage 2 must never lose good outputs, must say why it found nothing, and must leave one writer per folder.
 
-Also: the CoT it trains on states the answer once, every path comes from tokenskip.layout, every
+Also: the CoT it trains on states the answer once, every path comes from tokenskip.core.layout, every
 scorer is found whatever was imported first, and scorers keep no state from one call to the next.
 """
 
@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip import compress, cts_stage, layout, llamafactory
-from tokenskip.cli import run_cli
-from tokenskip.errors import UsageError
-from tokenskip.locking import FolderLock
-from tokenskip.prompts import ANSWER_MARKER
-from tokenskip.scorers import CoT
+from tokenskip.compression import driver as compress
+from tokenskip.compression.scorers import CoT
+from tokenskip.core import layout
+from tokenskip.core.cli import run_cli
+from tokenskip.core.errors import UsageError
+from tokenskip.core.locking import FolderLock
+from tokenskip.core.ratios import DEFAULT_RATIOS
+from tokenskip.prompting.prompts import ANSWER_MARKER
+from tokenskip.stages import cts as cts_stage
+from tokenskip.stages import llamafactory
 
 QUESTION = "Natalia sold clips to 48 of her friends in April, and half as many in May. How many in all?"
 REASONING = [
@@ -55,7 +59,7 @@ def stage_outputs(predictions: Path) -> list[Path]:
     """Every file the CTS stage writes for this input, in the layout's default places."""
     out = cts_stage.default_output_folder(predictions)
     return [predictions.with_name(layout.CORRECT), predictions.with_name(layout.FORMATTED),
-            out / layout.COMPRESSION_SUMMARY, *(layout.ratio_file(out, r) for r in compress.DEFAULT_RATIOS)]
+            out / layout.COMPRESSION_SUMMARY, *(layout.ratio_file(out, r) for r in DEFAULT_RATIOS)]
 
 
 def one_line_error(main, argv, capsys) -> str:
@@ -143,9 +147,9 @@ def test_a_held_folder_stops_the_stage_before_it_writes(held, tiny_lm_dir, tmp_p
     assert not [path for path in stage_outputs(predictions) if path.exists()]
 
 
-# --- 5. every path from tokenskip.layout ---
+# --- 5. every path from tokenskip.core.layout ---
 
-STAGE2_SOURCES = ["tokenskip/compress.py", "tokenskip/lingua_stage.py", "tokenskip/cts_stage.py",
+STAGE2_SOURCES = ["tokenskip/compression/driver.py", "tokenskip/stages/lingua.py", "tokenskip/stages/cts.py",
                   *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tokenskip" / "scorers").glob("*.py"))]
 LAYOUT_NAMES = {layout.CORRECT, layout.FORMATTED, layout.COMPRESSION_SUMMARY, layout.RATIO_FILE_STEM,
                 layout.PREDICTIONS, layout.METRICS, layout.SAMPLES, *layout.RUN_FOLDERS.values(),
@@ -154,7 +158,7 @@ LAYOUT_NAMES = {layout.CORRECT, layout.FORMATTED, layout.COMPRESSION_SUMMARY, la
 
 @pytest.mark.parametrize("source", STAGE2_SOURCES)
 def test_stage2_spells_no_path_of_the_layout_itself(source):
-    """File and folder names come from tokenskip.layout: no string literal of the code is one of them
+    """File and folder names come from tokenskip.core.layout: no string literal of the code is one of them
     (help texts and messages that mention them in prose are fine)."""
     import ast
 
@@ -164,7 +168,7 @@ def test_stage2_spells_no_path_of_the_layout_itself(source):
 
 
 def test_output_folders_come_from_the_layout():
-    from tokenskip.scorers import SCORERS, scorer_class
+    from tokenskip.compression.scorers import SCORERS, scorer_class
 
     assert sorted(SCORERS) == sorted(layout.COMPRESSION_FOLDERS)
     for name in SCORERS:
@@ -178,8 +182,8 @@ def test_output_folders_come_from_the_layout():
 
 @pytest.mark.parametrize("first", ["cts", "ner", "llmlingua2"])
 def test_importing_one_scorer_first_hides_no_other(first):
-    code = (f"import tokenskip.scorers.{first}\n"
-            "from tokenskip.scorers import scorer_class\n"
+    code = (f"import tokenskip.compression.scorers.{first}\n"
+            "from tokenskip.compression.scorers import scorer_class\n"
             "print(' '.join(scorer_class(n).__name__ for n in ('llmlingua2', 'ner', 'cts')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -187,7 +191,7 @@ def test_importing_one_scorer_first_hides_no_other(first):
 
 
 def test_unknown_method_lists_every_method():
-    from tokenskip.scorers import scorer_class
+    from tokenskip.compression.scorers import scorer_class
 
     with pytest.raises(UsageError, match="choose from cts, cts_authors, llmlingua2, ner"):
         scorer_class("nope")
@@ -196,18 +200,18 @@ def test_unknown_method_lists_every_method():
 # --- 7. score once, select per ratio, no state between calls ---
 
 def test_cts_select_per_ratio_equals_compress(tiny_lm_dir):
-    from tokenskip.scorers.cts import CTSScorer
+    from tokenskip.compression.scorers.cts import CTSScorer
 
     scorer = CTSScorer(tiny_lm_dir, device="cpu", progress=False)
     cots = [CoT(text, QUESTION, answer) for text, answer in zip(REASONING, ANSWERS)]
     attributes = set(vars(scorer))
-    compressed = scorer.compress(cots, compress.DEFAULT_RATIOS)
-    assert [{r: scorer.select(s, r) for r in compress.DEFAULT_RATIOS} for s in scorer.score(cots)] == compressed
+    compressed = scorer.compress(cots, DEFAULT_RATIOS)
+    assert [{r: scorer.select(s, r) for r in DEFAULT_RATIOS} for s in scorer.score(cots)] == compressed
     assert set(vars(scorer)) == attributes
 
 
 def test_ratios_are_checked_once_before_any_scoring(tiny_lm_dir, monkeypatch):
-    from tokenskip.scorers.cts import CTSScorer
+    from tokenskip.compression.scorers.cts import CTSScorer
 
     scorer = CTSScorer(tiny_lm_dir, device="cpu", progress=False)
     monkeypatch.setattr(scorer, "score", lambda cots: pytest.fail("scored before the ratios were checked"))
@@ -217,9 +221,8 @@ def test_ratios_are_checked_once_before_any_scoring(tiny_lm_dir, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ner_scorer(tmp_path_factory):
-    from classifiers import FOLDER_NAMES, TINY, build_classifier, tokenizer_training_texts
-
-    from tokenskip.scorers.ner import NERScorer
+    from testkit.classifiers import FOLDER_NAMES, TINY, build_classifier, tokenizer_training_texts
+    from tokenskip.compression.scorers.ner import NERScorer
 
     folder = tmp_path_factory.mktemp("ner") / FOLDER_NAMES["xlm-roberta"]
     return NERScorer(build_classifier(folder, "xlm-roberta", tokenizer_training_texts(), vocab_size=1000, **TINY),

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_evaluation import cli_args, read_lines
 
-from tokenskip import evaluate
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
+from tokenskip.stages import evaluate
 
 RUN_FOLDERS = ["Original/test", "TokenSkip/1.0", "TokenSkip/0.5", "Truncation/0.5", "PromptReduction/0.5"]
 

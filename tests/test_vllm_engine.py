@@ -28,8 +28,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, SHARED_DATA
-from lf_adapters import train_adapter
 
+from testkit.lf_adapters import train_adapter
 from tokenskip.backends.vllm import LATENCY_BASIS
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"

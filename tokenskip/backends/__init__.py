@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from tokenskip.errors import UsageError
+from tokenskip.core.errors import UsageError
 
 BACKENDS = ("auto", "vllm", "hf", "server")
 
@@ -96,7 +96,7 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
         import torch
 
         from tokenskip.backends.vllm import VLLMBackend
-        from tokenskip.modeling import context_length, dtype_name, resolve_dtype
+        from tokenskip.models.loading import context_length, dtype_name, resolve_dtype
 
         on_cpu = not torch.cuda.is_available()
         tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
@@ -109,7 +109,7 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
                            context=context_length(model_path), enforce_eager=config.enforce_eager,
                            chunk_size=config.eval_batch_size)
     from tokenskip.backends.hf import DEFAULT_BATCH_SIZE, HFBackend
-    from tokenskip.modeling import resolve_device, resolve_dtype
+    from tokenskip.models.loading import resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
     return HFBackend(model_path, tokenizer, settings=decoding, batch_size=config.eval_batch_size or DEFAULT_BATCH_SIZE,

@@ -20,7 +20,7 @@ from transformers import StoppingCriteria
 from transformers.cache_utils import Cache, DynamicLayer
 
 from tokenskip.backends import Completion, DecodingSettings
-from tokenskip.modeling import load_causal_lm, stop_token_ids
+from tokenskip.models.loading import load_causal_lm, stop_token_ids
 
 CPU_ATTENTION = "tokenskip_sdpa_gqa"
 DEFAULT_BATCH_SIZE = 16

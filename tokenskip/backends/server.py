@@ -16,8 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tokenskip.backends import Completion, DecodingSettings, request_seed
-from tokenskip.errors import UsageError, first_line
-from tokenskip.modeling import stop_token_ids
+from tokenskip.core.errors import UsageError, first_line
+from tokenskip.models.loading import stop_token_ids
 
 PROMPT_FORMATS = ("ids", "text")
 LATENCY_BASIS = "client: request sent to answer received"

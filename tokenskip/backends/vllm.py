@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from tokenskip.backends import Completion, DecodingSettings, request_seed
-from tokenskip.modeling import stop_token_ids
+from tokenskip.models.loading import stop_token_ids
 
 # vLLM schedules its own batches; we hand it this many prompts at a time so that finished
 # answers reach the disk (and a killed run loses little) without starving its scheduler.

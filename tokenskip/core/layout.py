@@ -1,0 +1,178 @@
+"""The outputs tree: every stage asks this module for its paths, and report.py reads them back.
+
+The original TokenSkip layout, kept so that existing trees and scripts keep working:
+
+    {output-dir}/{model-size}/Original/{train|test}/samples/        the base model (stage 1, stage 5)
+    {output-dir}/{model-size}/Original/{split}/ratio_{γ}/samples/   the base model with a γ tag
+    {output-dir}/{model-size}/TokenSkip/{γ}/samples/                the adapter at γ (stage 5; .../train/ on train)
+    {output-dir}/{model-size}/{Truncation|PromptReduction}/{γ}/samples/   the paper's baselines
+    {output-dir}/{model-size}/{Compression|NER_Enhanced_Compression|CTS_Compression}/
+                                                                     stage 2's ratio files, per method
+
+Inside a samples folder: predictions.jsonl, metrics.json, run.json, generation_log.jsonl; stage 2
+adds predictions_correct.jsonl and predictions_formatted.jsonl next to stage 1's predictions.
+Both directions live here: `run_dir` builds a run's folder and `place` reads method, γ and split
+back from a path, so the two can never disagree. Shell scripts ask through `python -m tokenskip.core.layout`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tokenskip.core.ratios import ratio_tag
+
+DEFAULT_OUTPUT_DIR = "outputs/Qwen2.5-7B-Instruct/{benchmark}/"
+# run folder for each evaluation method (report.py reads them back)
+RUN_FOLDERS = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "Truncation",
+               "prompt": "PromptReduction"}
+METHOD_OF_FOLDER = {folder: method for method, folder in RUN_FOLDERS.items()}
+# stage 2's output folder per compression method (next to Original/)
+COMPRESSION_FOLDERS = {"llmlingua2": "Compression", "ner": "NER_Enhanced_Compression", "cts": "CTS_Compression",
+                       "cts_authors": "CTS_Authors_Compression"}
+
+SAMPLES = "samples"
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+RUN_SETTINGS = "run.json"
+GENERATION_LOG = "generation_log.jsonl"
+CORRECT = "predictions_correct.jsonl"  # stage 2: stage 1's correct answers
+FORMATTED = "predictions_formatted.jsonl"  # stage 2: the CoTs it compressed
+COMPRESSION_SUMMARY = "compression_summary.json"
+RATIO_FILE_STEM = "train_outputs_compressed_ratio"  # stage 2's ratio files: {stem}_{γ}.jsonl
+LOCK_FILE = ".lock"
+
+
+def model_dir(output_dir: str | Path, model_size: str) -> Path:
+    """`{output-dir}/{model-size}`: the folder holding one model's method folders."""
+    return Path(output_dir) / model_size
+
+
+def default_model_dir(benchmark: str, model_size: str) -> Path:
+    """`{output-dir}/{model-size}` for evaluation.py's default --output-dir."""
+    return model_dir(DEFAULT_OUTPUT_DIR.format(benchmark=benchmark), model_size)
+
+
+def run_dir(model_folder: Path, *, method: str, ratio: float, data_type: str) -> Path:
+    """A run's folder (its files are in `samples/` below it). `method` is a RUN_FOLDERS key, or
+    "ratio-tag" for the base model with a γ tag; train-split adapter runs get their own folder."""
+    if method in ("tokenskip", "truncation", "prompt"):
+        folder = model_folder / RUN_FOLDERS[method] / ratio_tag(ratio)
+        return folder / "train" if data_type == "train" else folder
+    folder = model_folder / RUN_FOLDERS["original"] / data_type
+    return folder if ratio == 1.0 else folder / f"ratio_{ratio_tag(ratio)}"
+
+
+def samples_dir(run_folder: Path) -> Path:
+    return run_folder / SAMPLES
+
+
+def original_samples(model_folder: Path, data_type: str) -> Path:
+    """The base model's run on a split, whose metrics the truncation baseline scales."""
+    return samples_dir(run_dir(model_folder, method="original", ratio=1.0, data_type=data_type))
+
+
+def stage1_samples(model_folder: Path) -> Path:
+    """The folder holding stage 1's predictions.jsonl (and stage 2's predictions_formatted.jsonl)."""
+    return original_samples(model_folder, "train")
+
+
+def stage1_predictions(model_folder: Path) -> Path:
+    return stage1_samples(model_folder) / PREDICTIONS
+
+
+def compression_dir(model_folder: Path, method: str) -> Path:
+    return model_folder / COMPRESSION_FOLDERS[method]
+
+
+def ratio_file(folder: Path, ratio: float, stem: str = RATIO_FILE_STEM) -> Path:
+    return folder / f"{stem}_{ratio}.jsonl"
+
+
+def model_dir_of_predictions(predictions: Path) -> Path | None:
+    """The `{output-dir}/{model-size}` folder holding a stage-1 predictions file, when it sits in the layout."""
+    for parent in predictions.parents:
+        if parent.name == RUN_FOLDERS["original"]:
+            return parent.parent
+    return None
+
+
+def run_predictions(path: Path) -> Path:
+    """The predictions file a user means by `path`: a run folder, its samples/ folder, or the file itself."""
+    if path.is_dir() and (path / SAMPLES).is_dir():
+        return path / SAMPLES / PREDICTIONS
+    if path.is_dir():
+        return path / PREDICTIONS
+    return path
+
+
+def is_run_predictions(path: Path) -> bool:
+    """Whether `path` is the predictions.jsonl of a run folder (one that evaluation.py made)."""
+    return path.name == PREDICTIONS and (path.parent / RUN_SETTINGS).is_file()
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a file's position in the tree says about its run."""
+
+    group: Path  # the `{output-dir}/{model-size}` folder holding the method folders
+    method: str  # a RUN_FOLDERS key, or "ratio-tag"
+    ratio: float
+    data_type: str | None  # "train", "test", or None when the path does not say
+
+
+def place(metrics_path: Path) -> Place | None:
+    """Read a run's group, method, γ and split back from the path of a file in its samples folder
+    (the inverse of `run_dir`); None when the path is not inside a method folder."""
+    parts = metrics_path.parts
+    index = max((i for i, part in enumerate(parts) if part in METHOD_OF_FOLDER), default=None)
+    if index is None:
+        return None
+    method = METHOD_OF_FOLDER[parts[index]]
+    rest = parts[index + 1:-1]  # between the method folder and the file
+    group = Path(*parts[:index]) if index else Path(".")
+    if method == "original":
+        data_type = rest[0] if rest and rest[0] in ("train", "test") else None
+        tagged = next((part for part in rest if part.startswith("ratio_")), None)
+        ratio = _float(tagged.removeprefix("ratio_")) if tagged else 1.0
+        return Place(group, "ratio-tag" if tagged else "original", ratio if ratio is not None else 1.0, data_type)
+    ratio = _float(rest[0]) if rest else None
+    if ratio is None:
+        return None
+    split = "train" if "train" in rest[1:] else ("test" if rest[1:2] == (SAMPLES,) else None)
+    return Place(group, method, ratio, split)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- for the shell scripts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tokenskip.core.layout WHAT --output-dir D --model-size S [--method M]`: print one path."""
+    parser = argparse.ArgumentParser(prog="python -m tokenskip.core.layout", description=main.__doc__)
+    parser.add_argument("what", choices=("model-dir", "stage1-predictions", "stage1-samples", "compression-dir"))
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--model-size", required=True)
+    parser.add_argument("--method", choices=sorted(COMPRESSION_FOLDERS), default="llmlingua2")
+    args = parser.parse_args(argv)
+    folder = model_dir(args.output_dir, args.model_size)
+    path = {
+        "model-dir": lambda: folder,
+        "stage1-predictions": lambda: stage1_predictions(folder),
+        "stage1-samples": lambda: stage1_samples(folder),
+        "compression-dir": lambda: compression_dir(folder, args.method),
+    }[args.what]()
+    sys.stdout.write(f"{path}\n")
+
+
+if __name__ == "__main__":
+    main()

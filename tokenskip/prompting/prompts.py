@@ -1,0 +1,90 @@
+"""Prompt strings, exactly as TokenSkip wrote them, so that its released adapters keep working.
+
+The adapters were trained on prompts in which the compression ratio γ sits between two
+`<|eot_id|>` markers after the question; a single character of difference changes what the
+model sees. The ratio is rendered with Python's `str(float)` (`0.5`, `0.9`), as the original.
+"""
+
+from __future__ import annotations
+
+from tokenskip.core.ratios import ratio_tag
+
+# how a prompt is built: TokenSkip's two fixed prompts, or the model's own chat template
+PROMPT_FORMATS = ("qwen", "llama3", "chat")
+# what --model-type accepts: auto picks one of PROMPT_FORMATS from the chat template (tokenskip/prompting/templates.py)
+MODEL_TYPES = ("auto", *PROMPT_FORMATS)
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+QWEN_SYSTEM = "You are a helpful assistant."
+# What the model writes after its reasoning; the CoT is everything before it.
+ANSWER_MARKER = "\n\nThe final answer is:"
+# The prompt-based baseline of the paper: ask the base model itself to reason with fewer words.
+REDUCTION_REQUEST = "Please reduce {percent}% of the words in your reasoning."
+
+
+def reduction_request(ratio: float) -> str:
+    return REDUCTION_REQUEST.format(percent=round((1.0 - ratio) * 100))
+
+
+def user_content(question: str, ratio: float, model_type: str, eos: str = "", request: str = "") -> str:
+    """The user turn's text: instruction, question and, when γ < 1, the ratio tag.
+
+    `request` (the prompt-based baseline's instruction) replaces the ratio tag: the base model
+    was never trained on the tag, so it is asked in words instead.
+    """
+    if request:
+        separator = "\n" if model_type == "llama3" else ""
+        return f"{INSTRUCTION}\n{question}\n{request}{separator}"
+    if model_type in ("qwen", "chat"):
+        # chat models get the tag the released adapters learned, literally, right after the question
+        tag = f"<|eot_id|>{ratio_tag(ratio)}<|eot_id|>" if ratio < 1.0 else ""
+        return f"{INSTRUCTION}\n{question}{tag}"
+    if model_type == "llama3":
+        tag = f"{eos}{ratio_tag(ratio)}{eos}" if ratio < 1.0 else ""
+        return f"{INSTRUCTION}\n{question}\n{tag}"
+    raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")
+
+
+def build_prompt(question: str, *, model_type: str, ratio: float = 1.0, bos: str = "", eos: str = "",
+                 request: str = "", tokenizer=None, system: str | None = None, thinking: bool | None = None) -> str:
+    """The full generation prompt; `bos`/`eos` are the tokenizer's (needed for llama3 only).
+
+    `chat`: the tokenizer's own chat template renders one user turn (and a system turn only when
+    `system` is given); `thinking` is passed to templates with a thinking switch (Qwen3's
+    `enable_thinking`), None leaves the template's default.
+    """
+    if model_type == "chat":
+        if tokenizer is None:
+            raise ValueError("the chat prompt format needs the tokenizer")
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user_content(question, ratio, model_type, request=request)})
+        switches = {} if thinking is None else {"enable_thinking": thinking}
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **switches)
+    if model_type == "qwen":
+        return (
+            f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n"
+            f"<|im_start|>user\n{user_content(question, ratio, model_type, request=request)}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
+    if model_type == "llama3":
+        return (
+            f"{bos}<|start_header_id|>user<|end_header_id|>\n\n"
+            f"{user_content(question, ratio, model_type, eos, request)}{eos}"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
+    raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")
+
+
+def recorded_format(recorded: str | None, where) -> str:
+    """The prompt format stage 1 recorded (in `where`), for the later stages' `--model-type auto`.
+    Nothing recorded: qwen, TokenSkip's default before the chat formats existed, said aloud."""
+    if recorded in PROMPT_FORMATS:
+        return recorded
+    if recorded is None:
+        print(f"--model-type auto: {where} records no prompt format; using qwen (pass --model-type to choose)")
+        return "qwen"
+    raise ValueError(f"{where} records an unknown prompt format {recorded!r}")
+
+
+def cot_of(model_output: str) -> str:
+    """The chain of thought: the output before the final-answer marker, when there is one."""
+    return model_output.split(ANSWER_MARKER)[0]
