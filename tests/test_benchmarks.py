@@ -11,6 +11,7 @@ import pytest
 from tokenskip.core.errors import UsageError
 from tokenskip.data import benchmarks as data
 from tokenskip.data.benchmarks import load_examples
+from tokenskip.evaluation.config import LEGACY_SETTINGS, EvalConfig, RunSettings
 from tokenskip.grading.graders import GRADERS_BY_FORMAT, Grader, GradeRequest
 from tokenskip.grading.parsing import extract_choice
 from tokenskip.stages import download, evaluate
@@ -336,13 +337,13 @@ def test_any_jsonl_multiple_choice_needs_a_letter(tmp_path):
 
 def test_evaluation_flags():
     args = evaluate.build_parser().parse_args(["--benchmark", "gpqa", "--question-field", "q", "--answer-field", "a"])
-    config = evaluate.EvalConfig.from_args(args)
+    config = EvalConfig.from_args(args)
     assert (config.benchmark, config.question_field, config.answer_field) == ("gpqa", "q", "a")
     for name in ("aime24", "aime25"):
         assert evaluate.build_parser().parse_args(["--benchmark", name]).benchmark == name
     # run.json files written before these settings existed still resume
     new = {"question_field", "answer_field"}
-    assert new <= set(evaluate.RunSettings.__dataclass_fields__) and new <= set(evaluate.LEGACY_SETTINGS)
+    assert new <= set(RunSettings.__dataclass_fields__) and new <= set(LEGACY_SETTINGS)
 
 
 # ---------------------------------------------------------------- regrade and download

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT
 
 from tokenskip.core.errors import UsageError
+from tokenskip.evaluation import run as evaluation_run
 from tokenskip.stages import evaluate
 
 SAMPLE_TEST = ROOT / "datasets" / "sample" / "test.jsonl"
@@ -67,8 +68,8 @@ def test_several_ratios_load_the_model_once_and_match_separate_runs(tiny_lm_dir,
                                               "--baseline", "truncation", "--compression_ratio", ratio))[0]
                 for ratio in ("0.9", "0.3")}
     loads = []
-    create_backend = evaluate.create_backend
-    monkeypatch.setattr(evaluate, "create_backend", lambda *a: loads.append(a) or create_backend(*a))
+    create_backend = evaluation_run.create_backend
+    monkeypatch.setattr(evaluation_run, "create_backend", lambda *a: loads.append(a) or create_backend(*a))
     together = evaluate.main(cli_args(tiny_lm_dir, tmp_path / "many", "--max_num_examples", "3",
                                       "--baseline", "truncation", "--compression_ratio", "0.9", "0.3"))
     assert len(loads) == 1
@@ -83,7 +84,7 @@ def test_several_ratios_load_the_model_once_and_match_separate_runs(tiny_lm_dir,
 
 def test_finished_run_is_not_generated_again(tiny_lm_dir, tmp_path, monkeypatch):
     first = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3"))
-    monkeypatch.setattr(evaluate, "create_backend", lambda *a: pytest.fail("a finished run loaded a model"))
+    monkeypatch.setattr(evaluation_run, "create_backend", lambda *a: pytest.fail("a finished run loaded a model"))
     second = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "3"))
     assert first == second
 

@@ -14,8 +14,9 @@ import pytest
 
 from tokenskip.core.errors import UsageError
 from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output
+from tokenskip.grading import equivalence
 from tokenskip.grading.equivalence import is_equivalent, math_verify_equivalent, quick_verdict
-from tokenskip.grading.graders import Grade, Grader, GradeRequest, equivalence
+from tokenskip.grading.graders import Grade, Grader, GradeRequest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIMEOUT_S = 3.0

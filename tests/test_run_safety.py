@@ -21,6 +21,7 @@ from test_evaluation import SAMPLE_TEST, cli_args, read_lines, run_script
 from tokenskip.core import jsonio
 from tokenskip.core.errors import UsageError
 from tokenskip.core.locking import FolderLock
+from tokenskip.evaluation import run as evaluation_run
 from tokenskip.stages import evaluate
 
 SAMPLES = Path("tiny") / "Original" / "test" / "samples"
@@ -149,7 +150,7 @@ def test_grader_errors_are_kept_on_the_record(tiny_lm_dir, tmp_path, monkeypatch
         def __exit__(self, *exc):
             pass
 
-    monkeypatch.setattr(evaluate, "Grader", InProcess)
+    monkeypatch.setattr(evaluation_run, "Grader", InProcess)
     evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
     records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
     assert len(records) == 2
@@ -288,7 +289,7 @@ def test_skipping_every_prompt_is_an_error_not_an_empty_run(short_context_model,
 
 def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, monkeypatch):
     calls = []
-    create = evaluate.create_backend
+    create = evaluation_run.create_backend
 
     def recording(*args):
         backend = create(*args)
@@ -297,7 +298,7 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
                                                                    or generate(prompts, budget, ids))
         return backend
 
-    monkeypatch.setattr(evaluate, "create_backend", recording)
+    monkeypatch.setattr(evaluation_run, "create_backend", recording)
     [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
     records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
     probes = [t for t in read_lines(tmp_path / SAMPLES / "generation_log.jsonl") if t.get("probe")]
@@ -312,7 +313,7 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
     assert not any("latency" in key for r in records for key in r)  # predictions hold no clock reading
 
     # rerun of the finished, probed run: nothing is generated or probed again
-    monkeypatch.setattr(evaluate, "create_backend", lambda *a: pytest.fail("a probed run loaded a model"))
+    monkeypatch.setattr(evaluation_run, "create_backend", lambda *a: pytest.fail("a probed run loaded a model"))
     [again] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "6", "--latency-probe", "3"))
     assert again["request_latency"] == latency
 

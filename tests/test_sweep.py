@@ -8,6 +8,7 @@ import torch
 from test_evaluation import cli_args, read_lines
 
 from tokenskip.core.errors import UsageError
+from tokenskip.evaluation import run as evaluation_run
 from tokenskip.stages import evaluate
 
 RUN_FOLDERS = ["Original/test", "TokenSkip/1.0", "TokenSkip/0.5", "Truncation/0.5", "PromptReduction/0.5"]
@@ -29,13 +30,13 @@ def tiny_adapter(tiny_lm_dir, tmp_path_factory):
 
 def counting_backends(monkeypatch) -> list:
     created = []
-    create = evaluate.create_backend
+    create = evaluation_run.create_backend
 
     def record(config, model_path, tokenizer, adapter_path, adapter_config):
         created.append(adapter_path)
         return create(config, model_path, tokenizer, adapter_path, adapter_config)
 
-    monkeypatch.setattr(evaluate, "create_backend", record)
+    monkeypatch.setattr(evaluation_run, "create_backend", record)
     return created
 
 

@@ -1,0 +1,252 @@
+"""What one evaluation run is: the frozen config a call's flags make, the settings a resumed run
+must match (run.json), and the run's folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from tokenskip.core import layout
+from tokenskip.core.errors import UsageError
+from tokenskip.core.jsonio import read_json
+from tokenskip.core.layout import METRICS
+from tokenskip.core.ratios import check_ratio
+
+BASELINES = ("truncation", "prompt")
+
+
+# the adapter of a served model is named, not a folder: a run's adapter_path is then this + its name
+SERVED_ADAPTER = "served:"
+
+
+# what one call may run with --runs, in the order it runs them: the original first (truncation scales
+# its CoT length), the base model's runs together, then the adapter's (the hf backend loads each once)
+RUN_METHODS = ("original", *BASELINES, "tokenskip")
+
+
+THINKING_SWITCH = ("auto", "on", "off")
+
+
+OVERLONG = ("warn", "skip", "truncate")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything one evaluation.py call was asked to do, checked once and never changed afterwards.
+
+    `at(ratio)` gives the same call at one ratio, which is what each run folder is made from.
+    """
+
+    output_dir: str
+    model_path: str
+    tokenizer_path: str | None
+    adapter_path: str | None  # set only with --use_adapter
+    model_size: str
+    model_type: str
+    ratios: tuple[float, ...]
+    benchmark: str
+    data_type: str
+    data_path: str | None
+    backend: str
+    max_num_examples: int | None
+    max_new_tokens: int
+    eval_batch_size: int | None
+    temperature: float
+    top_p: float
+    n_samples: int
+    seed: int
+    tensor_parallel_size: int | None
+    device: str
+    dtype: str
+    baseline: str | None
+    label: str | None
+    grader: str
+    grading_timeout: float
+    regrade: str | None
+    overlong: str
+    latency_probe: int
+    system: str | None = None
+    thinking: str = "auto"
+    question_field: str | None = None
+    answer_field: str | None = None
+    enforce_eager: bool = False
+    server_url: str | None = None
+    served_model: str | None = None
+    served_adapter: str | None = None
+    server_concurrency: int = 16
+    server_prompt: str = "ids"
+    runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
+    baseline_ratios: tuple[float, ...] = ()
+
+    @classmethod
+    def from_args(cls, args) -> EvalConfig:
+        for ratio in args.compression_ratio + (args.baseline_ratios or []):
+            check_ratio(ratio, keep_all=True,
+                        what="--compression_ratio" if ratio in args.compression_ratio else "--baseline-ratios")
+        backend = "vllm" if args.use_vllm else args.backend
+        if (backend == "server") != bool(args.server_url):
+            raise UsageError("--backend server needs --server-url (e.g. http://localhost:8000/v1)" if args.server_url
+                             is None else "--server-url goes with --backend server")
+        if args.server_concurrency < 1:
+            raise UsageError(f"--server-concurrency must be 1 or more, got {args.server_concurrency}")
+        if backend == "server" and args.served_adapter and not args.adapter_path:
+            args.adapter_path = SERVED_ADAPTER + args.served_adapter  # the run's adapter is the server's
+        adapter_runs = args.use_adapter or "tokenskip" in (args.runs or ())
+        if backend == "server" and args.adapter_path and adapter_runs and not args.served_adapter:
+            raise UsageError("with --backend server the adapter is the server's: name it with --served-adapter")
+        runs, baseline_ratios = cls.check_runs(args)
+        if args.max_new_tokens <= 0:
+            raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
+        if args.eval_batch_size is not None and args.eval_batch_size <= 0:
+            raise UsageError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
+        if args.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+        if args.max_num_examples is not None and args.max_num_examples <= 0:
+            raise UsageError(f"--max_num_examples must be positive (leave it out for the whole dataset), "
+                             f"got {args.max_num_examples}")
+        if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
+            raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
+                             "drop --use_adapter and pass --compression_ratio values < 1")
+        if not 0.0 < args.top_p <= 1.0:
+            raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+        if args.n_samples < 1:
+            raise UsageError(f"--n_samples must be 1 or more, got {args.n_samples}")
+        if args.n_samples > 1 and args.temperature == 0:
+            raise UsageError(f"--n_samples {args.n_samples} with greedy decoding gives {args.n_samples} copies of "
+                             "one answer; add --temperature (e.g. 0.6)")
+        if args.latency_probe < 0:
+            raise UsageError(f"--latency-probe must be 0 (off) or a number of questions, got {args.latency_probe}")
+        if args.use_adapter and not args.adapter_path:
+            raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
+        values = {field.name: getattr(args, field.name) for field in fields(cls)
+                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios")}
+        adapter = args.use_adapter or (runs is not None and "tokenskip" in runs)
+        return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
+                   adapter_path=args.adapter_path if adapter else None,
+                   backend=backend, runs=runs, baseline_ratios=baseline_ratios)
+
+    @staticmethod
+    def check_runs(args) -> tuple[tuple[str, ...] | None, tuple[float, ...]]:
+        """--runs and --baseline-ratios, checked: the methods in running order, the baselines' ratios."""
+        if args.runs is None:
+            if args.baseline_ratios:
+                raise UsageError("--baseline-ratios goes with --runs truncation/prompt; alone, use --baseline "
+                                 "with --compression_ratio")
+            return None, ()
+        if args.baseline:
+            raise UsageError(f"--baseline {args.baseline} and --runs do not mix: add {args.baseline} to --runs")
+        runs = tuple(method for method in RUN_METHODS if method in args.runs)
+        if "tokenskip" in runs and not args.adapter_path:
+            raise UsageError("--runs tokenskip needs --adapter-path pointing at a LoRA adapter folder")
+        if args.use_adapter and "tokenskip" not in runs:
+            raise UsageError("--use_adapter with --runs: add tokenskip to --runs for the adapter's runs")
+        ratios = tuple(dict.fromkeys(args.baseline_ratios or [r for r in args.compression_ratio if r < 1.0]))
+        baselines = [method for method in runs if method in BASELINES]
+        if baselines and (not ratios or max(ratios) >= 1.0):
+            raise UsageError(f"--runs {' '.join(baselines)}: the baselines run at ratios below 1; give them with "
+                             "--baseline-ratios (or --compression_ratio values < 1)")
+        return runs, ratios
+
+    def plan(self) -> list[EvalConfig]:
+        """The runs of this call, one config each (one ratio, one folder), in the order they run."""
+        if self.runs is None:
+            return [self.at(ratio) for ratio in self.ratios]
+        base = replace(self, runs=None, adapter_path=None, baseline=None, label=None, baseline_ratios=())
+        planned = []
+        for method in self.runs:
+            if method == "original":
+                planned.append(base.at(1.0))
+            elif method == "tokenskip":
+                planned += [replace(base, adapter_path=self.adapter_path, label=self.label).at(ratio)
+                            for ratio in self.ratios]
+            else:
+                planned += [replace(base, baseline=method).at(ratio) for ratio in self.baseline_ratios]
+        return planned
+
+    @property
+    def method(self) -> str:
+        """The run folder's method (a layout.RUN_FOLDERS key, or "ratio-tag") at its ratio."""
+        if self.baseline:
+            return self.baseline
+        return "tokenskip" if self.adapter_path else "original"
+
+    def at(self, ratio: float) -> EvalConfig:
+        return replace(self, ratios=(ratio,))
+
+    @property
+    def ratio(self) -> float:
+        [ratio] = self.ratios  # only for a config made by at()
+        return ratio
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What determines a run's outputs; a resumed run must match it exactly."""
+
+    model_path: str
+    tokenizer_path: str
+    adapter_path: str | None
+    model_type: str
+    compression_ratio: float
+    baseline: str | None
+    benchmark: str
+    data_type: str
+    data_source: str
+    data_sha256: str
+    max_num_examples: int | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    overlong: str
+    n_samples: int
+    system: str | None
+    thinking: str
+    question_field: str  # "" unless --question-field / --answer-field read the file through other fields
+    answer_field: str
+
+
+# Settings added after runs were already made: an older run.json without them is taken to have used
+# the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
+LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
+                   "question_field": "", "answer_field": ""}
+
+
+def run_dir(config: EvalConfig) -> Path:
+    """The original layout; train-split adapter runs and γ-tagged base runs get their own folder."""
+    return layout.run_dir(layout.model_dir(config.output_dir, config.model_size), method=config.method,
+                          ratio=config.ratio, data_type=config.data_type)
+
+
+def original_run_metrics(config: EvalConfig) -> dict:
+    """The base model's run on the same split, whose mean CoT length the truncation budget scales."""
+    path = layout.original_samples(layout.model_dir(config.output_dir, config.model_size), config.data_type) / METRICS
+    if not path.exists():
+        raise UsageError(f"--baseline truncation needs the base model's run first ({path} is missing): "
+                         "run evaluation.py with the same --output-dir and --model-size, without --baseline")
+    return read_json(path)
+
+
+def effective_max_new_tokens(config: EvalConfig) -> int:
+    if config.baseline == "truncation":
+        return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
+    # The original scaled MATH's budget by γ for adapter runs; kept, but as an integer.
+    if config.benchmark == "math" and config.adapter_path:
+        return max(1, int(round(config.max_new_tokens * config.ratio)))
+    return config.max_new_tokens
+
+
+def run_method(settings: RunSettings) -> str:
+    if settings.baseline:
+        return settings.baseline
+    if settings.adapter_path:
+        return "tokenskip"
+    return "original" if settings.compression_ratio == 1.0 else "ratio-tag"
+
+
+def chunk_size(config: EvalConfig, backend_name: str) -> int:
+    """Prompts per generate call: --eval_batch_size, else the backend's default."""
+    from tokenskip.backends.hf import DEFAULT_BATCH_SIZE
+    from tokenskip.backends.vllm import CHUNK_SIZE
+
+    return config.eval_batch_size or (CHUNK_SIZE if backend_name == "vllm" else DEFAULT_BATCH_SIZE)
