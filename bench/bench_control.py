@@ -728,9 +728,9 @@ class Bench:
 def variant_metrics(tree: Path, label: str) -> dict:
     """The adherence numbers of the adapter runs labelled `label` under `tree`, as tokenskip.stages.report
     computes them (ratios against the adapter's own γ = 1.0 run), with the base model's row."""
-    from tokenskip.stages import report
+    from tokenskip.reporting.tables import collect
 
-    table = next((t for t in report.collect(tree) if any(row.method == label for row in t.rows)), None)
+    table = next((t for t in collect(tree) if any(row.method == label for row in t.rows)), None)
     if table is None:
         raise StepFailed(f"no run labelled {label} under {tree}")
     per_gamma = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip.stages.report import POINTS_KEY
+from tokenskip.reporting.tables import POINTS_KEY
 
 TRAIN_QUESTIONS = 16
 TEST_QUESTIONS = 3

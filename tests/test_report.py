@@ -11,6 +11,8 @@ import pytest
 from conftest import ROOT
 
 from tokenskip.core.errors import UsageError
+from tokenskip.reporting.plots import label_spots
+from tokenskip.reporting.tables import POINTS_KEY, Row
 from tokenskip.stages import report
 
 
@@ -67,7 +69,7 @@ def test_plot_is_a_png_with_every_point(tree):
     report.main([str(tree)])
     image = Image.open(tree / "results.png")
     assert image.format == "PNG" and image.size[0] > 600
-    assert image.text[report.POINTS_KEY] == "6"  # 3 + 3 test-split runs
+    assert image.text[POINTS_KEY] == "6"  # 3 + 3 test-split runs
 
 
 def test_json_format(tree):
@@ -86,10 +88,10 @@ def test_an_empty_folder_is_a_one_line_error(tmp_path):
 
 def test_runs_on_the_same_spot_share_one_label():
     def row(ratio, tokens, accuracy):
-        return report.Row("TokenSkip", ratio, accuracy, None, tokens, None, None, None, 10, "")
+        return Row("TokenSkip", ratio, accuracy, None, tokens, None, None, None, 10, "")
 
     rows = [row(0.9, 51.4, 25.0), row(0.8, 51.4, 25.0), row(0.7, 50.6, 21.9), row(0.5, 100.0, 10.0)]
-    spots = report.label_spots(rows, rows)
+    spots = label_spots(rows, rows)
     assert [ratios for _, ratios in spots] == [["0.9", "0.8"], ["0.7"], ["0.5"]]
     assert spots[0][0] == (51.4, 25.0)
 
@@ -165,5 +167,5 @@ def test_old_tree_gets_the_adherence_plot_and_latency_basis(tree):
     assert rows[("TokenSkip", 0.5)].latency_basis == "batch"  # no request_latency in old metrics
     assert rows[("TokenSkip", 0.5)].ratio_vs_self is None  # no predictions.jsonl to pair questions on
     # on the means' ratio: TokenSkip 0.9 and 0.5 of the old tree, Truncation and TokenSkip-CTS at 0.5 of the new
-    assert Image.open(tree / "results_adherence.png").text[report.POINTS_KEY] == "4"
+    assert Image.open(tree / "results_adherence.png").text[POINTS_KEY] == "4"
     assert "![actual vs target ratio](results_adherence.png)" in (tree / "results.md").read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from tokenskip.reporting.tables import POINTS_KEY, collect
 from tokenskip.stages import report
 
 
@@ -72,7 +73,7 @@ def rows_of(table) -> dict:
 
 
 def test_ratios_on_the_same_questions(group):
-    [table] = report.collect(group.parents[2])
+    [table] = collect(group.parents[2])
     rows = rows_of(table)
     half = rows[("TokenSkip", 0.5)]
     assert half.ratio_vs_self == pytest.approx(400 / 400)  # q5 is in no other run
@@ -91,7 +92,7 @@ def test_ratios_on_the_same_questions(group):
 
 
 def test_median_and_capped_from_metrics_or_records(group):
-    [table] = report.collect(group.parents[2])
+    [table] = collect(group.parents[2])
     rows = rows_of(table)
     assert rows[("Original", 1.0)].median_cot_tokens == 200.0 and rows[("Original", 1.0)].n_capped == 3
     assert rows[("TokenSkip", 1.0)].median_cot_tokens == 99.0  # metrics.json's own, when it has one
@@ -102,7 +103,7 @@ def test_median_and_capped_from_metrics_or_records(group):
 
 
 def test_adherence_summary(group):
-    [table] = report.collect(group.parents[2])
+    [table] = collect(group.parents[2])
     summaries = {summary.method: summary for summary in table.adherence}
     assert set(summaries) == {"TokenSkip", "Truncation"}  # not the original
     tokenskip = summaries["TokenSkip"]
@@ -122,7 +123,7 @@ def test_a_method_that_keeps_to_gamma_is_monotonic(tmp_path):
     write_run(group, "Original/test", [100] * 2, [True] * 2)
     for gamma, cot in ((1.0, 90), (0.9, 85), (0.7, 60), (0.6, 60), (0.5, 45)):
         write_run(group, f"TokenSkip/{gamma}", [cot] * 2, [True] * 2)
-    [table] = report.collect(tmp_path)
+    [table] = collect(tmp_path)
     [summary] = table.adherence
     assert summary.basis == "self" and summary.targets == [0.9, 0.7, 0.6, 0.5]
     errors = [abs(85 / 90 - 0.9), abs(60 / 90 - 0.7), abs(60 / 90 - 0.6), abs(45 / 90 - 0.5)]
@@ -131,7 +132,7 @@ def test_a_method_that_keeps_to_gamma_is_monotonic(tmp_path):
 
 
 def test_training_data_ratio_beside_the_adapter(group):
-    [table] = report.collect(group.parents[2])
+    [table] = collect(group.parents[2])
     rows = rows_of(table)
     assert rows[("TokenSkip", 0.5)].train_data_ratios == {"cts": 0.55, "llmlingua2": 0.62}
     assert rows[("TokenSkip", 0.8)].train_data_ratios == {"cts": 0.83}
@@ -153,7 +154,7 @@ def test_one_compression_summary_is_shown_unnamed(tmp_path):
 
 
 def test_speedup_uses_request_latency_where_both_have_it(group):
-    [table] = report.collect(group.parents[2])
+    [table] = collect(group.parents[2])
     rows = rows_of(table)
     half = rows[("TokenSkip", 0.5)]
     assert (half.latency_basis, half.latency, half.speedup) == ("request", 0.5, pytest.approx(2.0 / 0.5))
@@ -181,7 +182,7 @@ def test_markdown_tables_and_adherence_plot(group):
     assert "![actual vs target ratio](results_adherence.png)" in markdown
     image = Image.open(root / "results_adherence.png")
     assert image.format == "PNG"
-    assert image.text[report.POINTS_KEY] == "4"  # TokenSkip at 1.0, 0.8, 0.5; truncation at 0.5
+    assert image.text[POINTS_KEY] == "4"  # TokenSkip at 1.0, 0.8, 0.5; truncation at 0.5
 
 
 def test_json_carries_the_new_fields(group):

@@ -1,0 +1,113 @@
+"""The plots: accuracy against the actual compression ratio, and actual against target γ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tokenskip.core.jsonio import atomic_writer
+from tokenskip.reporting.tables import BASES, POINTS_KEY, Row, Table
+
+
+def label_spots(rows: Sequence[Row], all_rows: Sequence[Row], near: float = 0.03):
+    """One γ label per cluster of points closer than `near` of the panel's span on both axes,
+    so that runs landing on (nearly) the same spot read "0.9/0.8/0.5" instead of overprinting."""
+    span_x = (max(r.cot_tokens for r in all_rows) - min(r.cot_tokens for r in all_rows)) or 1.0
+    span_y = (max(r.accuracy for r in all_rows) - min(r.accuracy for r in all_rows)) or 1.0
+    spots: list[tuple[tuple[float, float], list[str]]] = []
+    for row in rows:
+        for (x, y), ratios in spots:
+            if abs(row.cot_tokens - x) < near * span_x and abs(row.accuracy - y) < near * span_y:
+                ratios.append(f"{row.ratio:g}")
+                break
+        else:
+            spots.append(((row.cot_tokens, row.accuracy), [f"{row.ratio:g}"]))
+    return spots
+
+
+def lift_overlapping(figure, labels) -> None:
+    """Move each γ label up until it no longer overprints one placed before it."""
+    renderer = figure.canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for _ in range(12):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = label.xyann
+            label.xyann = (x, y + 8)
+        placed.append(label.get_window_extent(renderer))
+
+
+def plot(tables: Sequence[Table], path: Path) -> int:
+    """The paper's accuracy-vs-CoT-tokens figure, one panel per table; returns the number of points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [table for table in tables if table.rows]  # a group of unfinished runs has no point yet
+    figure, axes = plt.subplots(1, len(tables), figsize=(6.5 * len(tables), 4.8), squeeze=False)
+    points = 0
+    labels = []
+    for axis, table in zip(axes[0], tables):
+        by_method: dict[str, list[Row]] = {}
+        for row in table.rows:
+            by_method.setdefault(row.method, []).append(row)
+        for method, rows in by_method.items():
+            rows = sorted(rows, key=lambda row: -row.ratio)
+            xs, ys = [row.cot_tokens for row in rows], [row.accuracy for row in rows]
+            if method == table.original:
+                axis.scatter(xs, ys, marker="*", s=260, color="black", zorder=3, label=method)
+            else:
+                axis.plot(xs, ys, marker="o", label=method)
+                for spot, ratios in label_spots(rows, table.rows):
+                    labels.append(axis.annotate("/".join(ratios), spot, textcoords="offset points", xytext=(4, 4),
+                                                fontsize=8))
+            points += len(rows)
+        axis.set_title(table.title, fontsize=10)
+        axis.set_xlabel("mean CoT tokens")
+        axis.set_ylabel("accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    lift_overlapping(figure, labels)
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, metadata={POINTS_KEY: str(points)})
+    plt.close(figure)
+    return points
+
+
+def adherence_plot(tables: Sequence[Table], path: Path) -> int:
+    """The paper's ratio-adherence figure, one panel per table: target γ against the actual ratio
+    on each method's basis, with the y = x line a method that keeps to γ lies on; returns the
+    number of points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = [table for table in tables if table.rows]
+    figure, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4.8), squeeze=False)
+    points = 0
+    for axis, table in zip(axes[0], tables):
+        axis.plot([0, 1.05], [0, 1.05], linestyle="--", color="grey", linewidth=1, label="y = x")
+        for summary in table.adherence:
+            if not summary.actual:
+                continue
+            ratios = sorted(summary.actual, key=float)
+            axis.plot([float(ratio) for ratio in ratios], [summary.actual[ratio] for ratio in ratios], marker="o",
+                      label=f"{summary.method} ({BASES[summary.basis]})")
+            points += len(ratios)
+        axis.set_title(table.title, fontsize=10)
+        axis.set_xlabel("target ratio γ")
+        axis.set_ylabel("actual ratio")
+        axis.set_xlim(0, 1.05)
+        axis.set_ylim(bottom=0)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, metadata={POINTS_KEY: str(points)})
+    plt.close(figure)
+    return points

@@ -1,0 +1,433 @@
+"""The report's tables, read from the outputs tree: one per group of runs (a model's method
+folders), each run a row compared with the group's original run, and how well each method keeps to γ."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tokenskip.compression.soft.settings import METRICS_KIND as SOFT_METRICS
+from tokenskip.core.errors import UsageError
+from tokenskip.core.jsonio import read_json, read_jsonl
+from tokenskip.core.layout import (
+    COMPRESSION_FOLDERS,
+    COMPRESSION_SUMMARY,
+    METRICS,
+    PREDICTIONS,
+    RUN_SETTINGS,
+    compression_dir,
+    place,
+)
+from tokenskip.core.ratios import DEFAULT_RATIOS, ratio_tag
+from tokenskip.data.benchmarks import BENCHMARKS, DATASET_DIRS
+
+BENCHMARK_NAMES = (*BENCHMARKS, *DATASET_DIRS.values())  # as output folders name them
+
+
+METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
+                "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
+
+
+POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
+
+
+ADHERENCE_TARGETS = DEFAULT_RATIOS  # the paper's γ, over which the mean |actual − γ| is taken
+
+
+# the ratio an adherence summary uses, best first: against the method's own γ = 1.0 run, which
+# takes out what fine-tuning alone does to length; else against the original run on the same
+# questions; else, for runs without predictions.jsonl, the metrics' means over all questions
+BASES = {"self": "vs γ=1.0, same questions", "original": "vs original, same questions",
+         "original-means": "vs original, all questions"}
+
+
+@dataclass
+class Row:
+    method: str  # the run's label
+    ratio: float
+    accuracy: float  # percent
+    accuracy_change: float | None
+    cot_tokens: float
+    actual_ratio: float | None
+    latency: float | None  # seconds per question on `latency_basis`
+    speedup: float | None  # the original's latency / this run's, both on `latency_basis`
+    n_samples: int
+    path: str
+    # "request": metrics' request_latency mean (this run and the original both have it), else
+    # "batch": sample_latency, batch wall time / n
+    latency_basis: str | None = None
+    sample_latency: float | None = None
+    request_latency: dict | None = None  # {"mean", "p50", "p90", "n"} as metrics.json has it
+    median_cot_tokens: float | None = None
+    n_capped: int | None = None  # outputs that stopped at the token cap
+    # mean CoT tokens / the reference run's, on the questions both runs answered (ids in both
+    # predictions.jsonl); "self" is this method's γ = 1.0 run; "_both_correct" only on the
+    # questions both runs got right, so that wrong answers' rambling does not move the ratio
+    ratio_vs_original: float | None = None
+    ratio_vs_self: float | None = None
+    ratio_vs_original_both_correct: float | None = None
+    ratio_vs_self_both_correct: float | None = None
+    n_both_correct_original: int | None = None
+    n_both_correct_self: int | None = None
+    # adapter rows: stage 2's mean actual ratio of the training CoTs at this γ, per compression method
+    train_data_ratios: dict[str, float] | None = None
+    # reasoning models: metrics.json's "thinking" (thinking and answer tokens apart, outputs cut off in <think>)
+    thinking: dict | None = None
+
+
+@dataclass
+class Unfinished:
+    """A run evaluation.py started and did not finish (interrupted, or still going): no metrics.json yet."""
+
+    path: str  # its samples folder, relative to the report's root
+    predictions: int  # answers written so far
+
+
+@dataclass
+class Adherence:
+    """How well one method (a row label) keeps to γ."""
+
+    method: str
+    basis: str | None  # a BASES key: the ratio used below; None when no run has one
+    actual: dict[str, float]  # γ → actual ratio on `basis`, for every γ that has one
+    targets: list[float]  # the ADHERENCE_TARGETS with an actual ratio
+    mean_abs_error: float | None  # mean |actual − γ| over `targets`
+    # whether mean CoT tokens never grow as γ decreases, over all of the method's γ (1.0 included);
+    # None with fewer than two γ. An inversion is a pair of γ whose smaller one has the longer CoT.
+    monotonic: bool | None
+    inversions: int
+    pairs: int
+
+
+@dataclass
+class TrainingRatios:
+    """Stage 2's compression_summary.json: the ratio the training CoTs really have at each γ."""
+
+    method: str  # the compression method (llmlingua2, ner, cts)
+    path: str
+    ratios: dict[str, float]  # γ → mean actual ratio
+
+
+@dataclass
+class Table:
+    title: str
+    benchmark: str
+    rows: list[Row]
+    original: str | None  # the label of the row the others are compared with
+    unfinished: list[Unfinished] = field(default_factory=list)  # this group's runs that are not rows yet
+    adherence: list[Adherence] = field(default_factory=list)  # one per method but the original
+    training_ratios: list[TrainingRatios] = field(default_factory=list)
+    soft: dict | None = None  # a soft-compression evaluation's metrics.json (soft_compress.py evaluate)
+
+
+@dataclass
+class Run:
+    group: Path
+    method: str
+    label: str
+    ratio: float
+    metrics: dict
+    path: Path
+
+
+def describe(metrics_path: Path) -> Run | None:
+    """Where a run belongs (its group folder), its method and γ from its metrics and its place in the layout; None for
+    training-split runs, which collect CoTs rather than measure."""
+    metrics = read_json(metrics_path)
+    where = place(metrics_path)
+    if metrics.get("data_type") == "train" or (where is not None and where.data_type == "train"):
+        return None
+    method = metrics.get("method") or (where.method if where else None)
+    if method is None:
+        return None
+    if "compression_ratio" in metrics:
+        ratio = float(metrics["compression_ratio"])
+    elif where is not None:
+        ratio = where.ratio
+    elif method == "original":
+        ratio = 1.0
+    else:
+        return None  # an old run outside the layout says nothing of its γ
+    group = where.group if where is not None else metrics_path.parent.parent
+    label = metrics.get("label") or METHOD_NAMES.get(method, method)
+    return Run(group, method, label, ratio, metrics, metrics_path)
+
+
+def unfinished_runs(root: Path) -> dict[Path, list[Unfinished]]:
+    """Per group, the test-split runs with settings (run.json) and no metrics.json: evaluation.py
+    writes metrics.json only once every question is answered, and a resumed run must keep its
+    settings, so a metrics.json always means a finished run and its absence an unfinished one."""
+    found: dict[Path, list[Unfinished]] = {}
+    for settings in sorted(root.rglob(RUN_SETTINGS)):
+        folder = settings.parent
+        if (folder / METRICS).exists():
+            continue
+        where = place(folder / METRICS)
+        data_type = _read_or_empty(settings).get("data_type") or (where.data_type if where else None)
+        if data_type == "train":  # stage 1's CoT collection: never a row of the tables
+            continue
+        group = where.group if where is not None else folder.parent
+        found.setdefault(group, []).append(
+            Unfinished(str(folder.relative_to(root)), _count_records(folder / PREDICTIONS)))
+    return found
+
+
+def _read_or_empty(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (UsageError, OSError):  # a settings file torn by a crash: still an unfinished run
+        return {}
+
+
+def _count_records(path: Path) -> int:
+    """The complete JSON lines of a predictions file (a kill can leave the last one torn)."""
+    if not path.is_file():
+        return 0
+    count = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                json.loads(line)
+                count += 1
+            except ValueError:
+                pass
+    return count
+
+
+def _listed(runs: Sequence[Unfinished]) -> str:
+    return ", ".join(f"{run.path} ({run.predictions} predictions)" for run in runs)
+
+
+def collect(root: Path) -> list[Table]:
+    files = sorted(root.rglob(METRICS))
+    unfinished = unfinished_runs(root)
+    if not files:
+        waiting = [run for runs in unfinished.values() for run in runs]
+        if waiting:
+            raise UsageError(f"no metrics.json under {root}, only unfinished runs: {_listed(waiting)}; "
+                             "rerun their evaluation to finish them (it resumes)")
+        raise UsageError(f"no metrics.json under {root}: run evaluation.py first (or point at its --output-dir)")
+    groups: dict[Path, list[Run]] = {}
+    soft_tables = []
+    for path in files:
+        metrics = read_json(path)
+        if metrics.get("stage") == SOFT_METRICS:
+            soft_tables.append(soft_table(path, metrics, root))
+            continue
+        run = describe(path)
+        if run:
+            groups.setdefault(run.group, []).append(run)
+    if not groups and soft_tables:
+        return soft_tables
+    if not groups:
+        raise UsageError(f"the runs under {root} are all on the training split; evaluate on --data-type test")
+    tables = {group: make_table(group, runs, root) for group, runs in groups.items()}
+    for group, runs in unfinished.items():
+        # a group whose runs are all unfinished gets an empty table, which carries them in the json
+        table = tables.get(group) or Table(_title(group, root, _benchmark_of(group)), _benchmark_of(group), [], None)
+        table.unfinished = runs
+        tables[group] = table
+    return [tables[group] for group in sorted(tables)] + soft_tables
+
+
+def soft_table(path: Path, metrics: dict, root: Path) -> Table:
+    """A soft-compression evaluation (its conditions are the table's content, not layout rows)."""
+    try:
+        where = path.parent.relative_to(root)
+    except ValueError:
+        where = path.parent
+    where = where if str(where) != "." else Path(root.resolve().name)
+    return Table(f"Soft compression: {where}", "", [], None, soft=metrics)
+
+
+@dataclass
+class Questions:
+    """One run's predictions.jsonl, reduced to what the ratios need."""
+
+    cot: dict[str, float]  # id → CoT tokens
+    correct: set[str]  # ids answered correctly
+    n_capped: int | None  # None when the records cannot tell
+
+
+def read_questions(run: Run) -> Questions | None:
+    """The per-question CoT lengths of a run; None when it has no predictions.jsonl (older scripts)."""
+    path = run.path.parent / PREDICTIONS
+    if not path.is_file():
+        return None
+    records = [record for record in read_jsonl(path, what="predictions") if "id" in record]
+    decoding = run.metrics.get("decoding")
+    cap = decoding.get("max_new_tokens") if isinstance(decoding, dict) else None
+    return Questions(
+        cot={str(r["id"]): float(r["cot_length"]) for r in records if r.get("cot_length") is not None},
+        correct={str(r["id"]) for r in records if r.get("accuracy")},
+        n_capped=_count_capped(records, cap),
+    )
+
+
+def _count_capped(records: list[dict], cap: int | None) -> int | None:
+    """Records that hit the token cap: their `capped` flag, else (records of older runs)
+    output_tokens ≥ the run's max_new_tokens; None if any record can tell neither way."""
+    count = 0
+    for record in records:
+        if record.get("capped") is not None:
+            count += bool(record["capped"])
+        elif record.get("output_tokens") is not None and cap:
+            count += record["output_tokens"] >= cap
+        else:
+            return None
+    return count
+
+
+def paired_ratio(run: Questions | None, reference: Questions | None, *,
+                 both_correct: bool = False) -> tuple[float | None, int | None]:
+    """Mean CoT tokens of `run` / of `reference` over the questions both answered (and, with
+    `both_correct`, both got right), with the number of those questions."""
+    if run is None or reference is None:
+        return None, None
+    ids = run.cot.keys() & reference.cot.keys()
+    if both_correct:
+        ids &= run.correct & reference.correct
+    base = sum(reference.cot[i] for i in ids)
+    return (sum(run.cot[i] for i in ids) / base if base else None), len(ids)
+
+
+def _request_mean(metrics: dict | None) -> float | None:
+    request = metrics.get("request_latency") if metrics else None
+    return request.get("mean") if isinstance(request, dict) else None
+
+
+def latency_of(metrics: dict, original: dict | None) -> tuple[float | None, str | None, float | None]:
+    """This run's seconds per question, its basis and the speed-up over the original on that basis.
+    Per-request latency where this run and the original both have it: batch wall time / n makes
+    every question wait for its batch's longest, so it cannot show a shorter CoT's gain. Its mean,
+    not p50, so that the long (often capped) outputs compression is meant to cut count."""
+    own, theirs = _request_mean(metrics), _request_mean(original)
+    # alone (a --latency-probe pass) and within a batch are different clocks: compare like with like
+    same_clock = original is None or (metrics.get("request_latency") or {}).get("basis") == (
+        original.get("request_latency") or {}).get("basis")
+    if own is not None and (original is None or theirs is not None) and same_clock:
+        return own, "request", theirs / own if theirs and own else None
+    batch = metrics.get("sample_latency")
+    base = original.get("sample_latency") if original else None
+    return batch, "batch" if batch is not None else None, base / batch if base and batch else None
+
+
+def read_training_ratios(group: Path, root: Path) -> list[TrainingRatios]:
+    """Stage 2's summaries in the group, one per compression method that ran."""
+    found = []
+    for method in sorted(COMPRESSION_FOLDERS):
+        path = compression_dir(group, method) / COMPRESSION_SUMMARY
+        if not path.is_file():
+            continue
+        summary = read_json(path)
+        ratios = {ratio_tag(float(key)): float(entry["mean_actual_ratio"])
+                  for key, entry in summary.get("ratios", {}).items() if entry.get("mean_actual_ratio") is not None}
+        found.append(TrainingRatios(summary.get("method") or method, str(path.relative_to(root)), ratios))
+    return found
+
+
+def make_table(group: Path, runs: list[Run], root: Path) -> Table:
+    original_run = next((run for run in runs if run.method == "original"), None)
+    original = original_run.metrics if original_run else None
+    original_label = original_run.label if original_run else None
+    questions = {run.path: read_questions(run) for run in runs}
+    # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything)
+    at_one = {run.label: run for run in runs if run.method != "original" and run.ratio == 1.0}
+    training = read_training_ratios(group, root)
+    rows = []
+    for run in runs:
+        metrics, path, mine = run.metrics, run.path, questions[run.path]
+        accuracy = 100 * metrics["accuracy"]
+        latency, basis, speedup = latency_of(metrics, original)
+        theirs = questions[original_run.path] if original_run else None
+        own_one = questions[at_one[run.label].path] if run.label in at_one else None
+        vs_original, _ = paired_ratio(mine, theirs)
+        vs_self, _ = paired_ratio(mine, own_one)
+        vs_original_correct, n_original_correct = paired_ratio(mine, theirs, both_correct=True)
+        vs_self_correct, n_self_correct = paired_ratio(mine, own_one, both_correct=True)
+        median = metrics.get("median_cot_length")
+        if median is None and mine and mine.cot:
+            median = statistics.median(mine.cot.values())
+        n_capped = metrics.get("n_capped")
+        if n_capped is None and mine:
+            n_capped = mine.n_capped
+        train_data = {found.method: found.ratios[ratio_tag(run.ratio)] for found in training
+                      if ratio_tag(run.ratio) in found.ratios} if run.method == "tokenskip" else {}
+        rows.append(Row(
+            method=run.label, ratio=run.ratio, accuracy=accuracy,
+            accuracy_change=accuracy - 100 * original["accuracy"] if original else None,
+            cot_tokens=metrics["avg_cot_length"],
+            actual_ratio=metrics["avg_cot_length"] / original["avg_cot_length"]
+            if original and original["avg_cot_length"] else None,
+            latency=latency,
+            speedup=speedup,
+            n_samples=metrics.get("n_samples", 0),
+            path=str(path.parent.relative_to(root)),
+            latency_basis=basis,
+            sample_latency=metrics.get("sample_latency"),
+            request_latency=metrics.get("request_latency"),
+            median_cot_tokens=median,
+            n_capped=n_capped,
+            ratio_vs_original=vs_original,
+            ratio_vs_self=vs_self,
+            ratio_vs_original_both_correct=vs_original_correct,
+            ratio_vs_self_both_correct=vs_self_correct,
+            n_both_correct_original=n_original_correct,
+            n_both_correct_self=n_self_correct,
+            train_data_ratios=train_data or None,
+            thinking=metrics.get("thinking"),
+        ))
+    order = {run.label: list(METHOD_NAMES).index(run.method) if run.method in METHOD_NAMES else len(METHOD_NAMES)
+             for run in runs}
+    rows.sort(key=lambda row: (order[row.method], row.method, -row.ratio))
+    benchmark = next((run.metrics["benchmark"] for run in runs if run.metrics.get("benchmark")), None) \
+        or _benchmark_of(group)
+    series: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.method != original_label:
+            series.setdefault(row.method, []).append(row)
+    return Table(title=_title(group, root, benchmark), benchmark=benchmark, rows=rows, original=original_label,
+                 adherence=[adherence(method, method_rows) for method, method_rows in series.items()],
+                 training_ratios=training)
+
+
+def _ratio_on(row: Row, basis: str) -> float | None:
+    return {"self": row.ratio_vs_self, "original": row.ratio_vs_original, "original-means": row.actual_ratio}[basis]
+
+
+def _is_target(ratio: float) -> bool:
+    return any(math.isclose(ratio, target) for target in ADHERENCE_TARGETS)
+
+
+def adherence(method: str, rows: list[Row]) -> Adherence:
+    """One method's adherence summary; `rows` are its rows, largest γ first."""
+    targeted = [row for row in rows if _is_target(row.ratio)]
+    # one basis for the whole method, the best that each of its target γ (else each γ) has, so that its numbers compare
+    basis = next((basis for basis in BASES if all(_ratio_on(row, basis) is not None for row in targeted or rows)),
+                 None)
+    actual = {ratio_tag(row.ratio): _ratio_on(row, basis) for row in rows
+              if basis is not None and _ratio_on(row, basis) is not None}
+    errors = [abs(actual[ratio_tag(row.ratio)] - row.ratio) for row in targeted if ratio_tag(row.ratio) in actual]
+    lengths = [row.cot_tokens for row in rows]  # γ descending: each later run should be no longer
+    inversions = sum(later > earlier for i, earlier in enumerate(lengths) for later in lengths[i + 1:])
+    pairs = len(lengths) * (len(lengths) - 1) // 2
+    return Adherence(method=method, basis=basis, actual=actual,
+                     targets=[row.ratio for row in targeted if ratio_tag(row.ratio) in actual],
+                     mean_abs_error=sum(errors) / len(errors) if errors else None,
+                     monotonic=inversions == 0 if pairs else None, inversions=inversions, pairs=pairs)
+
+
+def _title(group: Path, root: Path, benchmark: str) -> str:
+    title = " / ".join(group.relative_to(root).parts) if group != root else group.name
+    title = title or str(root)
+    if benchmark not in title.split(" / "):
+        title += f" ({benchmark})"
+    return title
+
+
+def _benchmark_of(group: Path) -> str:
+    return next((part for part in reversed(group.parts) if part in BENCHMARK_NAMES), "unknown")
