@@ -59,7 +59,7 @@ def main() -> int:
     settings = SoftSettings(base_model=str(model_dir), n_layers=5, prompt_format="chat", inject=args.inject)
     model = SoftModel.create(settings, device="cpu", dtype=torch.bfloat16)
     if not args.no_calibrate:
-        print("calibration:", model.calibrate([request_pieces(model.tokenizer, it, settings, it.context)
+        print("calibration:", model.fit_output_map([request_pieces(model.tokenizer, it, settings, it.context)
                                                for it in train[:64]]))
     groups = model.trainable()
     optimizer = torch.optim.AdamW([{"params": groups["generator"], "lr": args.lr},

@@ -170,7 +170,7 @@ def test_embeddings_generate_what_token_ids_generate_under_left_padding(model):
     with longer ones, gives the same greedy tokens as the plain model on its token ids alone."""
     requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
     rows = [model.request_embeddings(pieces) for pieces in requests]  # text: no soft context, no injection
-    with model.reading(soft=False):
+    with model.adapter_set_for(soft=False):
         batched = model.generate(rows, max_new_tokens=6)
         base = model.generator
         for pieces, answer in zip(requests, batched):
@@ -460,7 +460,7 @@ def test_calibration_centres_the_memory_states_at_the_embeddings_spread(tiny_lm_
     model = SoftModel.create(settings_for(tiny_lm_dir), device="cpu", dtype=torch.float32)
     model.eval()
     requests = [request_pieces(model.tokenizer, item, model.settings, item.context) for item in items()]
-    seen = model.calibrate(requests)
+    seen = model.fit_output_map(requests)
     assert seen["n"] == sum(soft_positions(len(p.context), model.settings) for p in requests)
     with torch.no_grad():
         out = torch.cat([soft.inputs for soft in model.compress(requests)])

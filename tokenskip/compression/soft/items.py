@@ -113,7 +113,7 @@ class Soft:
 
 
 @dataclass(frozen=True)
-class Row:
+class GeneratorInput:
     """One request's input embeddings, and the soft context's place in them (for layer injection)."""
 
     embeds: Any  # (positions, hidden)

@@ -71,7 +71,7 @@ def probe_request_times(model: SoftModel, requests: Sequence[Pieces], condition:
         return {}
     soft = condition in ("soft", "hybrid")
     compress_ms, prefill_ms, total_ms = [], [], []
-    with torch.no_grad(), model.reading(soft):
+    with torch.no_grad(), model.adapter_set_for(soft):
         for pieces in requests:
             tick = time.perf_counter()
             vectors = model.compress([pieces])[0] if soft else None

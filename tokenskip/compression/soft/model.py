@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
-from tokenskip.compression.soft.items import Pieces, Row, Soft, answer_of, blocks_of
+from tokenskip.compression.soft.items import GeneratorInput, Pieces, Soft, answer_of, blocks_of
 from tokenskip.compression.soft.settings import (
     COMPRESSOR_DIR,
     FORMAT_VERSION,
@@ -52,8 +52,13 @@ def left_pad(rows: list, pad_row, *, with_labels: list | None = None):
 
 class SoftModel:
     """The generator (a peft model: LoRA on, or off for the teacher and the text conditions), the
-    compressor (the first N layers), the memory embeddings and the output scale. It holds weights
-    only: every call takes what it works on and returns what it made."""
+    compressor (the first N layers), the memory embeddings and the output scale.
+
+    Its state is its weights, and two calls change them, each by name: `fit_output_map` sets the
+    output scale from data (once, before training; it is saved with the model), and
+    `adapter_set_for` merges the generator's adapter (soft conditions) or turns it off (text) for
+    the length of a `with` block, and puts it back as it was when the block ends. Every other call
+    takes what it works on and returns what it made."""
 
     def __init__(self, generator, compressor, memory, scale, tokenizer, settings: SoftSettings, compute_dtype=None):
         self.generator, self.compressor = generator, compressor
@@ -95,7 +100,7 @@ class SoftModel:
         noise = torch.randn(settings.mem_tokens, embeddings.shape[1], device=embeddings.device)
         noise = noise * embeddings.float().std()
         memory = torch.nn.Parameter(embeddings.float().mean(0) + noise)
-        # the output map: row 0 the centre, row 1 the gain (`calibrate` sets both from data)
+        # the output map: row 0 the centre, row 1 the gain (`fit_output_map` sets both from data)
         hidden = embeddings.shape[1]
         scale = torch.nn.Parameter(torch.stack([torch.zeros(hidden), torch.ones(hidden)]).to(device))
         return cls(generator, compressor, memory, scale, tokenizer, settings, dtype)
@@ -241,9 +246,10 @@ class SoftModel:
         dtype = self.generator.get_input_embeddings().weight.dtype
         return ((vectors.float() - self.scale[0]) * self.scale[1]).to(dtype)
 
-    def calibrate(self, requests: Sequence[Pieces]) -> dict:
-        """Set the output map so that these requests' memory states come out centred, each dimension
-        at the spread of the generator's token embeddings; returns what it saw (for the log)."""
+    def fit_output_map(self, requests: Sequence[Pieces]) -> dict:
+        """Set the output map (a weight: this changes the model) so that these requests' memory states
+        come out centred, each dimension at the spread of the generator's token embeddings; returns
+        what it saw (for the log)."""
         torch = _torch()
         with torch.no_grad():
             with self.autocast():
@@ -259,7 +265,7 @@ class SoftModel:
         return {"n": raw.shape[0], "mean_cosine_before": round(before, 5)}
 
     def request_embeddings(self, pieces: Pieces, soft: Soft | None = None, *, with_context: bool = True,
-                           target: Sequence[int] = ()) -> Row:
+                           target: Sequence[int] = ()) -> GeneratorInput:
         """One request's input embeddings: prompt, then the soft context (or the text context's
         token embeddings, or nothing), then the cue and, in training, the target."""
         torch = _torch()
@@ -269,9 +275,9 @@ class SoftModel:
         elif with_context and pieces.context:
             parts.append(self.embed(pieces.context))
         parts.append(self.embed(list(pieces.cue) + list(target)))
-        return Row(torch.cat(parts), soft, len(pieces.prefix))
+        return GeneratorInput(torch.cat(parts), soft, len(pieces.prefix))
 
-    def batch(self, rows: Sequence[Row], labels: list | None = None):
+    def batch(self, rows: Sequence[GeneratorInput], labels: list | None = None):
         """Rows left-padded into one batch (see `left_pad`), and the layer injection they need:
         (states, mask) of the batch's shape, or None."""
         torch = _torch()
@@ -338,7 +344,7 @@ class SoftModel:
         return self.embed([pad_id]).detach()
 
     @contextmanager
-    def reading(self, soft: bool):
+    def adapter_set_for(self, soft: bool):
         """The generator as a condition reads: with its adapter merged into the weights for soft
         contexts (so its latency is the base model's, not an unmerged LoRA's), without it for text."""
         if not soft:
@@ -358,8 +364,9 @@ class SoftModel:
         texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         return torch.tensor([i for i, text in enumerate(texts) if "}" in text], device=self.device)
 
-    def generate(self, rows: Sequence[Row], *, max_new_tokens: int, stop_at_brace: bool = True) -> list[list[int]]:
-        """Greedy answers for a batch of request embeddings (inside `reading`); with `stop_at_brace`
+    def generate(self, rows: Sequence[GeneratorInput], *, max_new_tokens: int,
+                 stop_at_brace: bool = True) -> list[list[int]]:
+        """Greedy answers for a batch of request embeddings (inside `adapter_set_for`); with `stop_at_brace`
         a row stops where its box closes."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -393,7 +400,7 @@ class SoftModel:
             answers.append(ids)
         return answers
 
-    def prefill(self, row: Row) -> None:
+    def prefill(self, row: GeneratorInput) -> None:
         """One forward pass over a request's input, as generation's prefill does (timed by the probe)."""
         torch = _torch()
         (embeds, mask, positions), injection = self.batch([row])
@@ -487,7 +494,7 @@ def generate_answers(model: SoftModel, requests: Sequence[Pieces], *, condition:
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prefix) + len(requests[i].context))
     answers: dict[int, str] = {}
     soft = condition in ("soft", "hybrid")
-    with torch.no_grad(), model.reading(soft):
+    with torch.no_grad(), model.adapter_set_for(soft):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, unit="batch"):
             chunk = order[start:start + batch_size]
             pieces = [requests[i] for i in chunk]

@@ -75,7 +75,7 @@ def train_compressor(items: Sequence[Item], *, settings: SoftSettings, train_set
     total_steps = max(1, math.ceil(len(examples) * train_settings.epochs / per_step))
     if max_steps:
         total_steps = min(total_steps, max_steps)
-    calibration = model.calibrate([pieces for pieces, _ in examples[:64]])
+    calibration = model.fit_output_map([pieces for pieces, _ in examples[:64]])
     groups = model.trainable()
     optimizer = torch.optim.AdamW(
         [{"params": groups["generator"], "lr": train_settings.lr},
