@@ -6,7 +6,7 @@
 #
 #   bash bench/gpu_check.sh                  # CUDA + CPU; without CUDA: the CPU half and a notice
 #   bash bench/gpu_check.sh --require-cuda   # on the GPU machine: no CUDA is a failure, not a skip
-#   bash bench/gpu_check.sh --cpu-smoke      # the CPU half only (tests/test_gpu_check.py runs this)
+#   bash bench/gpu_check.sh --cpu-smoke      # the CPU half only (tests/pipeline/test_gpu_check.py runs this)
 #   bash bench/gpu_check.sh --download-wheels  # here, with PyPI: fetch the wheels to carry (below)
 #   PYTHON=/path/to/python bash bench/gpu_check.sh ...   # default: .venv/bin/python, else python3
 #

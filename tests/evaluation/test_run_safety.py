@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_evaluation import SAMPLE_TEST, cli_args, read_lines, run_script
+from stage_files import SAMPLE_TEST, cli_args, read_lines, run_script
 
 from tokenskip.core import jsonio
 from tokenskip.core.errors import UsageError

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_llamafactory import convert, lf_checkout, make_run
+from stage_files import convert, lf_checkout, make_run
 
 from tokenskip.core import layout
 from tokenskip.core.errors import UsageError

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ROOT
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 from tokenskip.core.errors import UsageError
@@ -24,7 +25,6 @@ from tokenskip.data.benchmarks import load_examples
 from tokenskip.stages import download
 from tokenskip.stages.download import RepoFiles, build_parser, main, make_plan
 
-ROOT = Path(__file__).resolve().parents[1]
 UNREACHABLE = "http://127.0.0.1:9"
 DiskUsage = namedtuple("DiskUsage", "total used free")
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from testkit.tiny_models import save_tiny_llama
 from tokenskip.core import layout
@@ -19,7 +20,7 @@ from tokenskip.prompting import templates, thinking
 from tokenskip.prompting.prompts import INSTRUCTION, build_prompt
 from tokenskip.stages import evaluate, llamafactory
 
-TEMPLATES = Path(__file__).parent / "chat_templates"
+TEMPLATES = ROOT / "tests" / "chat_templates"
 QUESTION = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
 R1_SPECIALS = {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
                "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"]}
@@ -304,7 +305,7 @@ def test_chat_families_train_on_the_inference_prompt(family, switch, ratio, requ
         assert trained_prompt == inference
 
 
-RECIPE_DIRS = [Path(__file__).resolve().parents[1] / "configs" / "examples" / folder
+RECIPE_DIRS = [ROOT / "configs" / "examples" / folder
                for folder in ("train_lora", "train_full")]
 RECIPES = sorted(recipe for folder in RECIPE_DIRS for recipe in folder.glob("*.yaml"))
 

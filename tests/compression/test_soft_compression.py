@@ -15,6 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import ROOT  # noqa: E402
+
 from tokenskip.compression.soft.items import Item, answer_of, blocks_of, load_items, request_pieces, soft_positions  # noqa: E402
 from tokenskip.compression.soft.model import SoftModel, _decoder_layers, generate_answers, left_pad  # noqa: E402
 from tokenskip.compression.soft.settings import (  # noqa: E402
@@ -416,7 +418,7 @@ def test_recipes_are_checked_and_flags_override_them(tmp_path):
 
 
 def test_shipped_recipes_parse():
-    root = Path(__file__).resolve().parents[1] / "configs" / "soft_compression"
+    root = ROOT / "configs" / "soft_compression"
     recipes = sorted(root.glob("*.yaml"))
     assert len(recipes) >= 2
     for recipe in recipes:

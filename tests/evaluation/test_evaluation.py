@@ -8,36 +8,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from stage_files import SAMPLE_TEST, cli_args, read_lines, run_script
 
 from tokenskip.core.errors import UsageError
 from tokenskip.evaluation import run as evaluation_run
 from tokenskip.stages import evaluate
 
-SAMPLE_TEST = ROOT / "datasets" / "sample" / "test.jsonl"
 PREDICTION_FIELDS = {"dataset", "id", "messages", "answer", "reference", "prompt", "model_output", "prediction",
                      "cot_length", "accuracy"}
 METRIC_FIELDS = {"n_samples", "accuracy", "avg_cot_length", "sample_latency", "compression_ratio",
                  "tokens_per_second", "n_invalid", "grader", "backend", "model_path", "adapter_path", "decoding",
                  "second_grader", "second_grader_accuracy", "grader_disagreements", "grading_timeouts"}
-
-
-def cli_args(model_dir, out_dir, *extra):
-    return ["--model-path", str(model_dir), "--output-dir", str(out_dir), "--model-size", "tiny",
-            "--benchmark", "gsm8k", "--data-type", "test", "--data-path", str(SAMPLE_TEST),
-            "--backend", "hf", "--max_new_tokens", "8", "--eval_batch_size", "4", *extra]
-
-
-def run_script(*args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, "evaluation.py", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_run_writes_predictions_and_metrics(tiny_lm_dir, tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import ROOT
-from test_llamafactory import make_run
+from stage_files import make_run
 
 SCRIPTS = ["evaluation.py", "LLMLingua.py", "llmlingua_ner.py", "CTS_data_get.py", "get_llamafactory_input.py",
            "copy_to_llamafactory.py", "register_dataset.py", "download_models.py", "report.py"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from tokenskip.compression.scorers import CoT, scorer_class
 from tokenskip.compression.scorers.cts_authors import AuthorsCTSScorer, _LegacyCacheModel, load_compressor
@@ -284,7 +285,7 @@ def test_bad_flags_give_one_line_errors(extra, message, tiny_dir, tmp_path, caps
 
 # --- the authors' training recipe ---
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs" / "examples" / "train_full"
+RECIPES = ROOT / "configs" / "examples" / "train_full"
 AUTHORS_RECIPE = {"stage": "sft", "finetuning_type": "full", "cutoff_len": 4096, "per_device_train_batch_size": 2,
                   "gradient_accumulation_steps": 1, "learning_rate": 1.0e-5, "num_train_epochs": 3.0,
                   "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "adam_beta1": 0.9, "adam_beta2": 0.95,
@@ -300,8 +301,8 @@ def test_recipes_keep_the_authors_hyperparameters(recipe):
     # the LoRA variant: TokenSkip's adapter and its learning rate, the authors' other settings
     expected = {**AUTHORS_RECIPE, **({"finetuning_type": "lora", "learning_rate": 5.0e-5} if lora else {})}
     assert {key: config.get(key) for key in expected} == expected
-    assert (Path(__file__).resolve().parents[1] / config["deepspeed"]).is_file()
-    assert json.loads((Path(__file__).resolve().parents[1] / config["deepspeed"]).read_text())[
+    assert (ROOT / config["deepspeed"]).is_file()
+    assert json.loads((ROOT / config["deepspeed"]).read_text())[
         "zero_optimization"]["stage"] == 3
     assert "cts_authors" in config["dataset"]
     assert (lora and config["lora_rank"] == 8) or not lora

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_evaluation import cli_args, read_lines
+from stage_files import cli_args, read_lines
 
 from tokenskip.core.errors import UsageError
 from tokenskip.evaluation import run as evaluation_run

@@ -11,40 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from stage_files import QUESTIONS, convert, lf_checkout, make_run
 
 from tokenskip.core.errors import UsageError
 from tokenskip.prompting.prompts import build_prompt
 from tokenskip.stages import llamafactory
-
-QUESTIONS = {"q-0": ("Tom has 3 apples and buys 4. How many?", "7"), "q-1": ("What is 10 / 4?", "\\frac{5}{2}")}
-COTS = {"q-0": "Tom has 3 + 4 = 7 apples.", "q-1": "10 / 4 = 2.5, which is \\frac{5}{2}."}
-COMPRESSED = {0.9: {"q-0": "Tom 3 + 4 = 7 apples.", "q-1": "10 / 4 = 2.5 \\frac{5}{2}."},
-              0.5: {"q-0": "3 + 4 = 7", "q-1": "10/4 = 2.5"}}
-
-
-def write_jsonl(path: Path, records) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def make_run(root: Path, *, method_folder="Compression", order=("q-0", "q-1"), drop=None) -> Path:
-    """A model outputs folder with formatted stage-1 CoTs and two ratio files."""
-    formatted = [{"id": i, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ""}],
-                  "model_output": COTS[i] + f" So the answer is \\boxed{{{a}}}.", "prediction": a, "accuracy": True,
-                  "cot": COTS[i]} for i, (q, a) in QUESTIONS.items()]
-    write_jsonl(root / "Original" / "train" / "samples" / "predictions_formatted.jsonl", formatted)
-    for ratio, texts in COMPRESSED.items():
-        lines = [{"id": i, "question": QUESTIONS[i][0], "compressed_cot": texts[i], "model_answer": QUESTIONS[i][1]}
-                 for i in order if i != drop]
-        write_jsonl(root / method_folder / f"train_outputs_compressed_ratio_{ratio}.jsonl", lines)
-    return root
-
-
-def convert(root: Path, *extra: str) -> list[dict]:
-    out = root / "train.json"
-    llamafactory.main(["--input-dir", str(root), "--ratios", "0.9", "0.5", "--output-file", str(out), *extra])
-    return json.loads(out.read_text())
-
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -109,13 +80,6 @@ def test_missing_ratio_file_names_the_stage(tmp_path):
 def test_unknown_method(tmp_path):
     with pytest.raises(UsageError, match="unknown compression method 'magic'"):
         llamafactory.main(["--input-dir", str(tmp_path), "--method", "magic"])
-
-
-def lf_checkout(tmp_path: Path, info: str | None = "{}") -> Path:
-    (tmp_path / "lf" / "data").mkdir(parents=True)
-    if info is not None:
-        (tmp_path / "lf" / "data" / "dataset_info.json").write_text(info)
-    return tmp_path / "lf"
 
 
 def test_registration_merges_keeps_a_backup_and_is_idempotent(tmp_path):

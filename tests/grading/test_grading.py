@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from tokenskip.core.errors import UsageError
 from tokenskip.data.benchmarks import gsm8k_final_answer, gsm8k_solution_as_output
@@ -18,7 +19,7 @@ from tokenskip.grading import equivalence
 from tokenskip.grading.equivalence import is_equivalent, math_verify_equivalent, quick_verdict
 from tokenskip.grading.graders import Grade, Grader, GradeRequest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 TIMEOUT_S = 3.0
 HOPELESS = r"so the result is \boxed{9^{9^{9^{9^{9}}}}}"  # sympy and Math-Verify both try to evaluate it
 TOO_DEEP = r"\boxed{" + "(" * 300 + "1" + ")" * 300 + "}"  # overflows the LaTeX parser's recursion
