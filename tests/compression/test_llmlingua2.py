@@ -139,7 +139,7 @@ def test_rejects_rates_outside_zero_one(tiny_model):
     scorer = LLMLingua2Scorer(tiny_model)
     [scored] = scorer.score(["Step 1: 2 + 2 = 4."])
     for rate in (0.0, 1.0, 1.5):
-        with pytest.raises(UsageError, match="between 0 and 1"):
+        with pytest.raises(UsageError, match=r"must be in \(0, 1\), got"):
             scorer.compress_scored(scored, rate)
 
 

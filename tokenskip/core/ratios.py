@@ -24,7 +24,7 @@ def check_ratio(ratio: float, *, what: str = "compression ratio", keep_all: bool
     """`ratio` if it is in (0, 1) — or (0, 1] with `keep_all` — else a one-line UsageError naming `what`."""
     if 0.0 < ratio < 1.0 or (keep_all and ratio == 1.0):
         return float(ratio)
-    interval = "(0, 1]" if keep_all else "(0, 1) (between 0 and 1, exclusive)"
+    interval = "(0, 1]" if keep_all else "(0, 1)"
     raise UsageError(f"{what} must be in {interval}, got {ratio}")
 
 
