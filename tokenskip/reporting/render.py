@@ -36,66 +36,11 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
     for table in tables:
         if table.soft is not None:
             lines += [f"## {table.title}", "", *soft_markdown(table.soft), ""]
-            continue
-        if not table.rows:  # only unfinished runs: they are listed below
-            continue
-        lines += [f"## {table.title}", "",
-                  "| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) "
-                  "| speed-up | n | latency basis |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in table.rows:
-            lines.append(
-                f"| {row.method} | {row.ratio:g} | {row.accuracy:.1f}% | {_fmt(row.accuracy_change, '{:+.1f}')} | "
-                f"{row.cot_tokens:.1f} | {_fmt(row.actual_ratio, '{:.2f}')} | {_fmt(row.latency, '{:.3f}')} | "
-                f"{_fmt(row.speedup, '{:.2f}x')} | {row.n_samples} | {row.latency_basis or '–'} |")
-        lines += ["", "### Ratio adherence", "",
-                  "| method | target γ | mean CoT | median CoT | capped | vs original | vs γ=1.0 "
-                  "| vs original, both correct | vs γ=1.0, both correct | train-data ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in table.rows:
-            lines.append(
-                f"| {row.method} | {row.ratio:g} | {row.cot_tokens:.1f} | {_fmt(row.median_cot_tokens, '{:.1f}')} | "
-                f"{_fmt(row.n_capped, '{}')} | {_fmt(row.ratio_vs_original, '{:.2f}')} | "
-                f"{_fmt(row.ratio_vs_self, '{:.2f}')} | "
-                f"{_with_n(row.ratio_vs_original_both_correct, row.n_both_correct_original)} | "
-                f"{_with_n(row.ratio_vs_self_both_correct, row.n_both_correct_self)} | "
-                f"{_train_data(row.train_data_ratios, len(table.training_ratios) > 1)} |")
-        if table.adherence:
-            lines += ["", "| method | ratio basis | mean abs(actual − γ) | over γ | CoT shrinks as γ falls "
-                          "| inversions |", "|---|---|---|---|---|---|"]
-            for summary in table.adherence:
-                lines.append(
-                    f"| {summary.method} | {BASES[summary.basis] if summary.basis else '–'} | "
-                    f"{_fmt(summary.mean_abs_error, '{:.3f}')} | "
-                    f"{', '.join(f'{ratio:g}' for ratio in summary.targets) or '–'} | {_monotonic(summary)} | "
-                    f"{summary.inversions} of {summary.pairs} pairs |")
-        thinking_rows = [row for row in table.rows if row.thinking]
-        if thinking_rows:
-            lines += ["", "### Thinking and answer", "",
-                      "| method | target γ | thinking tokens (mean) | thinking tokens (median) | answer tokens "
-                      "| cut off in <think> | accuracy of finished |", "|---|---|---|---|---|---|---|"]
-            for row in thinking_rows:
-                think = row.thinking
-                finished = think.get("accuracy_finished")
-                lines.append(
-                    f"| {row.method} | {row.ratio:g} | {think['mean_thinking_tokens']:.1f} | "
-                    f"{think['median_thinking_tokens']:.1f} | {_fmt(think.get('mean_answer_tokens'), '{:.1f}')} | "
-                    f"{think['n_unfinished']} of {think['n']} | "
-                    f"{_fmt(None if finished is None else 100 * finished, '{:.1f}%')} |")
-        lines.append("")
+        elif table.rows:  # a table of only unfinished runs has none: they are listed below
+            lines += [f"## {table.title}", "", *_results(table), "", *_adherence(table), *_thinking(table), ""]
     if not any(table.rows for table in tables):
         return "\n".join(lines)
-    lines += ["Accuracy is the primary grader's. Actual ratio = mean CoT tokens / the original run's; "
-              "speed-up = the original's latency per sample / this run's, on the row's latency basis: request = "
-              "the mean per-request latency (mean rather than p50, so that the long outputs compression cuts "
-              "count), used where this run and the original both measured it; batch = batch wall time / n.", "",
-              "Ratio adherence: vs original and vs γ=1.0 (the same method's γ = 1.0 run, which takes out what "
-              "fine-tuning alone does to length) are mean CoT tokens / the reference run's over the questions "
-              "both runs answered; \"both correct\" only over those both got right (their number in brackets). "
-              "Capped = outputs that stopped at the token cap. Train-data ratio = stage 2's mean actual ratio "
-              "of the training CoTs at that γ. Mean abs(actual − γ) is over γ in "
-              f"{', '.join(f'{ratio:g}' for ratio in ADHERENCE_TARGETS)}, on the ratio basis named; an inversion "
-              "is a pair of γ whose smaller one has the longer mean CoT.", ""]
+    lines += [*NOTES, ""]
     if plot_name:
         lines += [f"![accuracy vs CoT tokens]({plot_name})", ""]
     if adherence_plot_name:
@@ -106,6 +51,76 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
                   *(f"- {run.path} ({run.predictions} predictions)" for run in unfinished),
                   "", "Rerun the evaluation of each to finish it: it resumes where it stopped.", ""]
     return "\n".join(lines)
+
+
+NOTES = (
+    "Accuracy is the primary grader's. Actual ratio = mean CoT tokens / the original run's; "
+    "speed-up = the original's latency per sample / this run's, on the row's latency basis: request = "
+    "the mean per-request latency (mean rather than p50, so that the long outputs compression cuts "
+    "count), used where this run and the original both measured it; batch = batch wall time / n.", "",
+    "Ratio adherence: vs original and vs γ=1.0 (the same method's γ = 1.0 run, which takes out what "
+    "fine-tuning alone does to length) are mean CoT tokens / the reference run's over the questions "
+    "both runs answered; \"both correct\" only over those both got right (their number in brackets). "
+    "Capped = outputs that stopped at the token cap. Train-data ratio = stage 2's mean actual ratio "
+    "of the training CoTs at that γ. Mean abs(actual − γ) is over γ in "
+    f"{', '.join(f'{ratio:g}' for ratio in ADHERENCE_TARGETS)}, on the ratio basis named; an inversion "
+    "is a pair of γ whose smaller one has the longer mean CoT.",
+)
+
+
+def _results(table: Table) -> list[str]:
+    lines = ["| method | target γ | accuracy | Δ accuracy | CoT tokens | actual ratio | latency (s) "
+             "| speed-up | n | latency basis |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in table.rows:
+        lines.append(
+            f"| {row.method} | {row.ratio:g} | {row.accuracy:.1f}% | {_fmt(row.accuracy_change, '{:+.1f}')} | "
+            f"{row.cot_tokens:.1f} | {_fmt(row.actual_ratio, '{:.2f}')} | {_fmt(row.latency, '{:.3f}')} | "
+            f"{_fmt(row.speedup, '{:.2f}x')} | {row.n_samples} | {row.latency_basis or '–'} |")
+    return lines
+
+
+def _adherence(table: Table) -> list[str]:
+    lines = ["### Ratio adherence", "",
+             "| method | target γ | mean CoT | median CoT | capped | vs original | vs γ=1.0 "
+             "| vs original, both correct | vs γ=1.0, both correct | train-data ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in table.rows:
+        lines.append(
+            f"| {row.method} | {row.ratio:g} | {row.cot_tokens:.1f} | {_fmt(row.median_cot_tokens, '{:.1f}')} | "
+            f"{_fmt(row.n_capped, '{}')} | {_fmt(row.ratio_vs_original, '{:.2f}')} | "
+            f"{_fmt(row.ratio_vs_self, '{:.2f}')} | "
+            f"{_with_n(row.ratio_vs_original_both_correct, row.n_both_correct_original)} | "
+            f"{_with_n(row.ratio_vs_self_both_correct, row.n_both_correct_self)} | "
+            f"{_train_data(row.train_data_ratios, len(table.training_ratios) > 1)} |")
+    if table.adherence:
+        lines += ["", "| method | ratio basis | mean abs(actual − γ) | over γ | CoT shrinks as γ falls "
+                      "| inversions |", "|---|---|---|---|---|---|"]
+        for summary in table.adherence:
+            lines.append(
+                f"| {summary.method} | {BASES[summary.basis] if summary.basis else '–'} | "
+                f"{_fmt(summary.mean_abs_error, '{:.3f}')} | "
+                f"{', '.join(f'{ratio:g}' for ratio in summary.targets) or '–'} | {_monotonic(summary)} | "
+                f"{summary.inversions} of {summary.pairs} pairs |")
+    return lines
+
+
+def _thinking(table: Table) -> list[str]:
+    thinking_rows = [row for row in table.rows if row.thinking]
+    if not thinking_rows:
+        return []
+    lines = ["", "### Thinking and answer", "",
+             "| method | target γ | thinking tokens (mean) | thinking tokens (median) | answer tokens "
+             "| cut off in <think> | accuracy of finished |", "|---|---|---|---|---|---|---|"]
+    for row in thinking_rows:
+        think = row.thinking
+        finished = think.get("accuracy_finished")
+        lines.append(
+            f"| {row.method} | {row.ratio:g} | {think['mean_thinking_tokens']:.1f} | "
+            f"{think['median_thinking_tokens']:.1f} | {_fmt(think.get('mean_answer_tokens'), '{:.1f}')} | "
+            f"{think['n_unfinished']} of {think['n']} | "
+            f"{_fmt(None if finished is None else 100 * finished, '{:.1f}%')} |")
+    return lines
 
 
 def as_json(table: Table) -> dict:
