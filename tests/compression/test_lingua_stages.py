@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from testkit.classifiers import (
-    FOLDER_NAMES,
-    TINY,
-    build_classifier,
-    gsm8k_cots,
-    synthetic_cots,
-    tokenizer_training_texts,
-)
+from testkit.classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
 from tokenskip.compression.scorers.ner import pattern_entities
 from tokenskip.core import layout
 from tokenskip.core.errors import UsageError

@@ -20,14 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from testkit.classifiers import (
-    FOLDER_NAMES,
-    TINY,
-    build_classifier,
-    gsm8k_cots,
-    synthetic_cots,
-    tokenizer_training_texts,
-)
+from testkit.classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
 from testkit.tiny_models import save_tiny_llama
 from tokenskip.compression.scorers import CoT
 from tokenskip.compression.scorers.cts import CTSScorer, keep_count
