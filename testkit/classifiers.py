@@ -147,3 +147,14 @@ def tokenizer_training_texts() -> list[str]:
     # the non-ASCII letters of HANDWRITTEN stay out, so they reach the classifier as unknown tokens;
     # the repeated "f()" text makes "()" a piece, which llmlingua's substring test counts as punctuation
     return gsm8k_cots(2000) + synthetic_cots(300, seed=2) + HANDWRITTEN[:4] + HANDWRITTEN[4:5] * 50
+
+
+def tiny_classifier(parent: Path, kind: str) -> Path:
+    """A tiny random classifier of `kind` (a FOLDER_NAMES key) in `parent`, in a folder named as the
+    real model's is (the scorer picks its tokenizer options from that name)."""
+    return build_classifier(parent / FOLDER_NAMES[kind], kind, tokenizer_training_texts(), vocab_size=1000, **TINY)
+
+
+def sample_cots(n: int, seed: int = 0) -> list[str]:
+    """n GSM8K reference solutions from the shared data, or n synthetic ones where it is absent."""
+    return gsm8k_cots(n) or synthetic_cots(n, seed=seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from testkit.classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
+from testkit.classifiers import sample_cots, tiny_classifier
 from tokenskip.compression.scorers.ner import pattern_entities
 from tokenskip.core import layout
 from tokenskip.core.errors import UsageError
@@ -22,12 +22,11 @@ RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("lingua") / FOLDER_NAMES["xlm-roberta"]
-    return build_classifier(folder, "xlm-roberta", tokenizer_training_texts(), vocab_size=1000, **TINY)
+    return tiny_classifier(tmp_path_factory.mktemp("lingua"), "xlm-roberta")
 
 
 def cot_texts() -> list[str]:
-    return (gsm8k_cots(10) or synthetic_cots(10)) + [
+    return sample_cots(10) + [
         "Step 1: Natalia sold 48/2 = 24 clips in May. Therefore she sold 48 + 24 = 72 clips in April and May, "
         "because April had 48. So the answer is 72."]
 

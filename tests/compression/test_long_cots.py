@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from testkit.classifiers import FOLDER_NAMES, TINY, build_classifier, gsm8k_cots, synthetic_cots, tokenizer_training_texts
+from testkit.classifiers import FOLDER_NAMES, sample_cots, tiny_classifier
 from testkit.tiny_models import save_tiny_llama
 from tokenskip.compression.scorers import CoT
 from tokenskip.compression.scorers.cts import CTSScorer, keep_count
@@ -40,7 +40,7 @@ QUESTION = "How many clips did Natalia sell in April and May?"
 def long_cot_text() -> str:
     """A reasoning text of ~5,000 classifier tokens (12 chunks): many solutions one after another,
     with a stretch of over 511 tokens that has no sentence end (llmlingua then cuts mid-sentence)."""
-    solutions = gsm8k_cots(40) or synthetic_cots(40, seed=3)
+    solutions = sample_cots(40, seed=3)
     middle = " and ".join(f"x + {i}" for i in range(200))
     return "\n".join(solutions[:20]) + "\nSo we add " + middle + " together.\n" + "\n\n".join(solutions[20:])
 
@@ -60,8 +60,7 @@ def forward_widths(model) -> tuple[list[tuple[int, int]], object]:
 
 @pytest.fixture(scope="module", params=sorted(FOLDER_NAMES))
 def classifier(request, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp(f"long-{request.param}") / FOLDER_NAMES[request.param]
-    return build_classifier(folder, request.param, tokenizer_training_texts(), vocab_size=1000, **TINY)
+    return tiny_classifier(tmp_path_factory.mktemp(f"long-{request.param}"), request.param)
 
 
 @pytest.mark.parametrize("model_type", sorted(OPTIONS_BY_MODEL_TYPE))
