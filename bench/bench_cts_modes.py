@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip.compression import driver as compress
+from tokenskip.compression import driver
 from tokenskip.compression.scorers import CoT  # noqa: E402
 from tokenskip.core.jsonio import read_jsonl  # noqa: E402
 from tokenskip.core.ratios import DEFAULT_RATIOS  # noqa: E402
@@ -57,7 +57,7 @@ def gsm8k_train() -> Path | None:
 
 def reasoning(record: dict) -> str:
     """The CoT stage 2 would compress from a model that wrote the reference solution."""
-    return compress.without_final_answer_sentence(data.gsm8k_solution_as_output(record["answer"]))
+    return driver.without_final_answer_sentence(data.gsm8k_solution_as_output(record["answer"]))
 
 
 def make_sets(records: list[dict], n_short: int, n_long: int, n_very_long: int,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from tokenskip.compression import driver as compress
+from tokenskip.compression import driver
 from tokenskip.compression.scorers import CoT
 from tokenskip.core import layout
 from tokenskip.core.cli import run_cli
@@ -105,9 +105,9 @@ def test_all_cots_dropped_names_the_reasons_and_writes_nothing(tiny_lm_dir, tmp_
 @pytest.mark.parametrize("ending", ["", ".", "  \n", ".\n"])
 def test_qwen_cot_drops_a_trailing_final_answer_sentence(ending):
     output = f"Step 1: 48/2 = 24.\nStep 2: 48 + 24 = 72.{ANSWER_MARKER} $\\boxed{{72}}${ending}"
-    assert compress.extract_cot(output, "qwen") == ("Step 1: 48/2 = 24.\nStep 2: 48 + 24 = 72.", "kept")
+    assert driver.extract_cot(output, "qwen") == ("Step 1: 48/2 = 24.\nStep 2: 48 + 24 = 72.", "kept")
     nested = f"Half of it is \\frac{{1}}{{2}}.{ANSWER_MARKER} $\\boxed{{\\frac{{1}}{{2}}}}${ending}"
-    assert compress.extract_cot(nested, "qwen") == ("Half of it is \\frac{1}{2}.", "kept")
+    assert driver.extract_cot(nested, "qwen") == ("Half of it is \\frac{1}{2}.", "kept")
 
 
 @pytest.mark.parametrize("output", [
@@ -116,11 +116,11 @@ def test_qwen_cot_drops_a_trailing_final_answer_sentence(ending):
     f"48 + 24 = 72.{ANSWER_MARKER} 72",  # no boxed answer after the marker
 ])
 def test_qwen_cot_keeps_the_whole_output_otherwise(output):
-    assert compress.extract_cot(output, "qwen") == (output, "kept")
+    assert driver.extract_cot(output, "qwen") == (output, "kept")
 
 
 def test_qwen_output_that_is_only_the_answer_sentence_is_dropped():
-    assert compress.extract_cot(f"{ANSWER_MARKER.strip()} $\\boxed{{72}}$", "qwen")[0] is None
+    assert driver.extract_cot(f"{ANSWER_MARKER.strip()} $\\boxed{{72}}$", "qwen")[0] is None
 
 
 def test_training_record_states_the_answer_once(tiny_lm_dir, tmp_path):
@@ -266,18 +266,18 @@ def test_recorded_relative_model_folder_missing_from_here_is_one_line(tmp_path, 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     predictions = write_metrics(tmp_path / "run", "models/SmolLM2-135M-Instruct")
     with pytest.raises(UsageError) as error:
-        compress.target_tokenizer_path(predictions, None)
+        driver.target_tokenizer_path(predictions, None)
     message = str(error.value)
     assert len(message.splitlines()) == 1
     assert re.search(r"models/SmolLM2-135M-Instruct.*not found from here.*--tokenizer-path", message), message
     (tmp_path / "models" / "SmolLM2-135M-Instruct").mkdir(parents=True)
-    assert compress.target_tokenizer_path(predictions, None) == "models/SmolLM2-135M-Instruct"
+    assert driver.target_tokenizer_path(predictions, None) == "models/SmolLM2-135M-Instruct"
 
 
 def test_recorded_absolute_model_folder_missing_is_one_line(tmp_path):
     predictions = write_metrics(tmp_path / "run", str(tmp_path / "gone" / "model"))
     with pytest.raises(UsageError, match=r"gone/model.*not found.*--tokenizer-path"):
-        compress.target_tokenizer_path(predictions, None)
+        driver.target_tokenizer_path(predictions, None)
 
 
 def test_recorded_hub_model_in_the_local_cache_is_used(tmp_path, monkeypatch):
@@ -292,7 +292,7 @@ def test_recorded_hub_model_in_the_local_cache_is_used(tmp_path, monkeypatch):
     (cache / "models--Qwen--Qwen2.5-7B-Instruct" / "refs" / "main").write_text("abc")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     predictions = write_metrics(tmp_path / "run", "Qwen/Qwen2.5-7B-Instruct")
-    assert compress.target_tokenizer_path(predictions, None) == "Qwen/Qwen2.5-7B-Instruct"
+    assert driver.target_tokenizer_path(predictions, None) == "Qwen/Qwen2.5-7B-Instruct"
 
 
 # --- 9. product code names no path of one machine ---
@@ -315,6 +315,6 @@ def test_sampled_cots_keep_the_distinct_correct_ones(tmp_path):
                sample("q2", 0, "2+2=4. \\boxed{4}", True)]  # the same text for another question is kept
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    prepared = compress.prepare(path, model_type="qwen", max_cot_tokens=100, count_tokens=lambda text: len(text))
+    prepared = driver.prepare(path, model_type="qwen", max_cot_tokens=100, count_tokens=lambda text: len(text))
     assert [r["id"] for r in prepared.records] == ["q1/0", "q1/2", "q2/0"]
     assert prepared.dropped == {"same CoT as another sample of its question": 1}

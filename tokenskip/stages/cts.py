@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokenskip.compression import driver as compress
+from tokenskip.compression import driver
 from tokenskip.compression.scorers.cts import CTSScorer, check_reference_model
 from tokenskip.compression.scorers.cts_authors import DEFAULT_MAX_THINKING_TOKENS, AuthorsCTSScorer
 from tokenskip.core import layout
@@ -112,12 +112,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.selection == "authors":
             # the cut counts tokens of the target model's tokenizer, the one that counts CoT tokens
             max_thinking = DEFAULT_MAX_THINKING_TOKENS if args.max_thinking_tokens is None else args.max_thinking_tokens
-            target = compress.target_tokenizer_path(predictions, args.tokenizer_path) if max_thinking else None
+            target = driver.target_tokenizer_path(predictions, args.tokenizer_path) if max_thinking else None
             return AuthorsCTSScorer(reference_model, device=args.device, dtype=args.dtype, target_tokenizer=target,
                                     max_thinking_tokens=max_thinking)
         return CTSScorer(reference_model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                          max_batch_tokens=args.max_batch_tokens, window=args.window, stride=args.stride)
 
-    return compress.run_stage(predictions, out_folder, model_type=args.model_type,
+    return driver.run_stage(predictions, out_folder, model_type=args.model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
                               make_scorer=make_scorer, scorer_model=reference_model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tokenskip.compression import driver as compress
+from tokenskip.compression import driver
 from tokenskip.compression.scorers import scorer_class
 from tokenskip.core import layout
 from tokenskip.core.cli import StageParser
@@ -81,11 +81,11 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
     input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
     predictions = layout.stage1_predictions(input_dir)
     if not predictions.is_file():
-        raise UsageError(f"stage-1 predictions not found: {predictions} (written by {compress.STAGE1} "
+        raise UsageError(f"stage-1 predictions not found: {predictions} (written by {driver.STAGE1} "
                          f"with --output-dir {input_dir.parent}/ --model-size {input_dir.name})")
     llmlingua_path = resolve_llmlingua(args.llmlingua_path)
     scorer_type = scorer_class(method)
-    model_type = compress.recorded_model_type(predictions, args.model_type)  # read once, for options and stage
+    model_type = driver.recorded_model_type(predictions, args.model_type)  # read once, for options and stage
 
     def make_scorer():
         from tokenskip.compression.scorers.llmlingua2 import OPTIONS_BY_MODEL_TYPE, QWEN_OPTIONS
@@ -95,7 +95,7 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
         return scorer_type(llmlingua_path, options=options, device=args.device,
                            dtype=args.dtype, max_batch_tokens=args.batch_size * 512 if args.batch_size else None)
 
-    return compress.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=model_type,
+    return driver.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
                               make_scorer=make_scorer, scorer_model=llmlingua_path)
 

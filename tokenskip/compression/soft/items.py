@@ -40,7 +40,7 @@ def load_items(path: str | os.PathLike, *, context_field: str = "auto", model_ty
     """
     if context_field == "auto" and not prefer_hard:
         context_field = "auto-original"
-    from tokenskip.compression import driver as compress
+    from tokenskip.compression import driver
     from tokenskip.data import benchmarks as data
 
     path = Path(path)
@@ -65,9 +65,9 @@ def load_items(path: str | os.PathLike, *, context_field: str = "auto", model_ty
             context, hard = record["cot"], record.get("compressed_cot")
         elif context_field in ("auto", "auto-original") and "model_output" in record:
             if stage1_format is None:
-                stage1_format = compress.recorded_model_type(path, model_type)
+                stage1_format = driver.recorded_model_type(path, model_type)
             split = thinking.split_output(record["model_output"], record.get("prompt", ""))
-            context, _ = compress.extract_cot(record["model_output"], stage1_format, split=split)
+            context, _ = driver.extract_cot(record["model_output"], stage1_format, split=split)
             is_thinking = split.is_thinking
             if context is None:
                 continue  # no usable CoT (empty, cut off inside <think>): nothing to compress
