@@ -165,10 +165,8 @@ class EvalConfig:
 
     @property
     def method(self) -> str:
-        """The run folder's method (a layout.RUN_FOLDERS key, or "ratio-tag") at its ratio."""
-        if self.baseline:
-            return self.baseline
-        return "tokenskip" if self.adapter_path else "original"
+        """The run's method at its ratio: see `method_of`."""
+        return method_of(self.baseline, self.adapter_path, self.ratio)
 
     def at(self, ratio: float) -> EvalConfig:
         return replace(self, ratios=(ratio,))
@@ -236,12 +234,18 @@ def effective_max_new_tokens(config: EvalConfig) -> int:
     return config.max_new_tokens
 
 
-def run_method(settings: RunSettings) -> str:
-    if settings.baseline:
-        return settings.baseline
-    if settings.adapter_path:
+def method_of(baseline: str | None, adapter_path: str | None, ratio: float) -> str:
+    """A run's method, as metrics.json records it and layout.run_dir files it: a baseline, the
+    adapter ("tokenskip"), the base model ("original"), or the base model with a γ tag ("ratio-tag")."""
+    if baseline:
+        return baseline
+    if adapter_path:
         return "tokenskip"
-    return "original" if settings.compression_ratio == 1.0 else "ratio-tag"
+    return "original" if ratio == 1.0 else "ratio-tag"
+
+
+def run_method(settings: RunSettings) -> str:
+    return method_of(settings.baseline, settings.adapter_path, settings.compression_ratio)
 
 
 def chunk_size(config: EvalConfig, backend_name: str) -> int:
