@@ -14,6 +14,7 @@ from tokenskip.data.benchmarks import load_examples
 from tokenskip.evaluation.config import LEGACY_SETTINGS, EvalConfig, RunSettings
 from tokenskip.grading.graders import GRADERS_BY_FORMAT, Grader, GradeRequest
 from tokenskip.grading.parsing import extract_choice
+from tokenskip.models import hub
 from tokenskip.stages import download, evaluate
 
 
@@ -378,7 +379,7 @@ def test_download_writes_the_new_benchmarks_evaluation_reads(tmp_path, monkeypat
             ("Idavidrein/gpqa", "gpqa_diamond", "train"): GPQA_HUB[:3]}
     monkeypatch.setitem(sys.modules, "datasets",
                         types.SimpleNamespace(load_dataset=lambda repo, config, split: rows[repo, config, split]))
-    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("no model was asked for"))
+    monkeypatch.setattr(hub, "repo_files", lambda repo: pytest.fail("no model was asked for"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TOKENSKIP_DATA_DIR", raising=False)
     download.main(["--datasets", "aime24", "aime25", "gpqa"])

@@ -22,8 +22,10 @@ from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
 
 from tokenskip.core.errors import UsageError
 from tokenskip.data.benchmarks import load_examples
+from tokenskip.models import catalogue, hub, store
+from tokenskip.models.catalogue import RepoFiles
 from tokenskip.stages import download
-from tokenskip.stages.download import RepoFiles, build_parser, main, make_plan
+from tokenskip.stages.download import build_parser, main, make_plan
 
 UNREACHABLE = "http://127.0.0.1:9"
 DiskUsage = namedtuple("DiskUsage", "total used free")
@@ -53,9 +55,9 @@ class FakeHub:
         self.files = files or {"config.json": 1_000, "model.safetensors": 2_000_000}
         self.failures = list(failures or [])
         self.calls: list[dict] = []
-        monkeypatch.setattr(download, "BACKOFF_S", 0.0)
-        monkeypatch.setattr(download, "repo_files", lambda repo: RepoFiles("c0ffee", dict(self.files)))
-        monkeypatch.setattr(download, "snapshot_download", self.snapshot_download)
+        monkeypatch.setattr(hub, "BACKOFF_S", 0.0)
+        monkeypatch.setattr(hub, "repo_files", lambda repo: RepoFiles("c0ffee", dict(self.files)))
+        monkeypatch.setattr(hub, "snapshot_download", self.snapshot_download)
 
     def snapshot_download(self, repo_id, *, revision, local_dir, allow_patterns, ignore_patterns):
         self.calls.append({"repo": repo_id, "revision": revision, "local_dir": Path(local_dir),
@@ -73,7 +75,7 @@ def no_hub(monkeypatch):
     """Fail the test if anything tries to download."""
     def refuse(*args, **kwargs):
         raise AssertionError("nothing may be downloaded here")
-    monkeypatch.setattr(download, "snapshot_download", refuse)
+    monkeypatch.setattr(hub, "snapshot_download", refuse)
 
 
 def plan_of(*argv: str) -> list[str]:
@@ -88,8 +90,8 @@ def test_dry_run_offline_prints_the_estimated_plan_and_downloads_nothing(tmp_pat
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for repo, size in [("Qwen/Qwen2.5-14B-Instruct", "~29.6 GB (estimated)"),
-                       (download.LLMLINGUA_LARGE, "~2.2 GB (estimated)"),
-                       (download.LLMLINGUA_SMALL, "~700 MB (estimated)"),
+                       (catalogue.LLMLINGUA_LARGE, "~2.2 GB (estimated)"),
+                       (catalogue.LLMLINGUA_SMALL, "~700 MB (estimated)"),
                        ("hemingkx/TokenSkip-Qwen2.5-14B-Instruct-GSM8K", "~80 MB (estimated)")]:
         line = next(line for line in out.splitlines() if line.strip().startswith(repo + " "))
         assert f"models/{repo.split('/')[1]} " in line and size in line and "to fetch" in line
@@ -113,10 +115,10 @@ def test_dry_run_online_uses_the_hub_file_list(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ((), ["Qwen/Qwen2.5-7B-Instruct", download.LLMLINGUA_LARGE, download.LLMLINGUA_SMALL,
+    ((), ["Qwen/Qwen2.5-7B-Instruct", catalogue.LLMLINGUA_LARGE, catalogue.LLMLINGUA_SMALL,
           "hemingkx/TokenSkip-Qwen2.5-7B-Instruct-GSM8K"]),
     (("--qwen-only", "--model-size", "0.5b"), ["Qwen/Qwen2.5-0.5B-Instruct"]),
-    (("--llmlingua-only",), [download.LLMLINGUA_LARGE, download.LLMLINGUA_SMALL]),
+    (("--llmlingua-only",), [catalogue.LLMLINGUA_LARGE, catalogue.LLMLINGUA_SMALL]),
     (("--adapters-only", "--model-size", "3B"), ["hemingkx/TokenSkip-Qwen2.5-3B-Instruct-GSM8K"]),
     (("--llama3",), ["meta-llama/Llama-3.1-8B-Instruct"]),
     (("--qwen-only", "--llama3", "--model-size", "72b"),
@@ -136,8 +138,8 @@ def test_targets_use_the_hub_spelling():
 
 
 def test_size_without_released_adapter(monkeypatch, capsys, tmp_path):
-    assert plan_of("--model-size", "1.5b") == ["Qwen/Qwen2.5-1.5B-Instruct", download.LLMLINGUA_LARGE,
-                                               download.LLMLINGUA_SMALL]
+    assert plan_of("--model-size", "1.5b") == ["Qwen/Qwen2.5-1.5B-Instruct", catalogue.LLMLINGUA_LARGE,
+                                               catalogue.LLMLINGUA_SMALL]
     no_hub(monkeypatch)
     main(["--dry-run", "--model-size", "1.5b", "--base-dir", str(tmp_path)])
     assert "note: TokenSkip released no adapter for Qwen2.5-1.5B-Instruct" in capsys.readouterr().out
@@ -159,7 +161,7 @@ def test_argument_errors(argv, message):
 
 def test_disk_check_refuses_when_space_is_short_and_can_be_skipped(tmp_path, monkeypatch, capsys):
     hub = FakeHub(monkeypatch, files={"model.safetensors": 10 * 10**9})
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 99 * 10**9, 10**9))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: DiskUsage(100 * 10**9, 99 * 10**9, 10**9))
     base = tmp_path / "not" / "yet" / "made"
     with pytest.raises(UsageError, match=r"1\.0 GB free, 11\.0 GB needed .*--skip-disk-check"):
         main(["--qwen-only", "--base-dir", str(base)])
@@ -201,7 +203,7 @@ def test_interrupted_download_leaves_no_complete_folder_and_resumes(tmp_path, mo
     target, partial = tmp_path / name, tmp_path / ".partial" / name
     assert not target.exists() and (partial / "config.json").is_file()
     items, _ = make_plan(build_parser().parse_args(["--adapters-only", "--base-dir", str(tmp_path)]))
-    assert download.status_of(items[0]) == "partial, resumes"
+    assert store.status_of(items[0]) == "partial, resumes"
     main(["--adapters-only", "--base-dir", str(tmp_path)])
     assert hub.calls[-1]["local_dir"] == partial and (target / "model.safetensors").is_file()
 
@@ -209,7 +211,7 @@ def test_interrupted_download_leaves_no_complete_folder_and_resumes(tmp_path, mo
 def test_items_already_present_are_skipped_but_recorded(tmp_path, monkeypatch):
     (tmp_path / "llmlingua-2-xlm-roberta-large-meetingbank").mkdir()
     (tmp_path / "llmlingua-2-bert-base-multilingual-cased-meetingbank").mkdir()
-    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("no hub call for present items"))
+    monkeypatch.setattr(hub, "repo_files", lambda repo: pytest.fail("no hub call for present items"))
     no_hub(monkeypatch)
     main(["--llmlingua-only", "--base-dir", str(tmp_path)])
     assert "LLMLINGUA_SMALL_PATH=" in (tmp_path / "paths.env").read_text()
@@ -228,7 +230,7 @@ def test_gated_repo_explains_licence_and_token(tmp_path, monkeypatch):
     (http_error(HfHubHTTPError, 403), False), (http_error(HfHubHTTPError, 404), False),
 ])
 def test_backoff_doubles_on_transient_errors_only(error, retried, monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_S", 1.0)
+    monkeypatch.setattr(hub, "BACKOFF_S", 1.0)
     waits, attempts = [], []
 
     def failing():
@@ -236,7 +238,7 @@ def test_backoff_doubles_on_transient_errors_only(error, retried, monkeypatch):
         raise error
 
     with pytest.raises(type(error)):
-        download.with_retries(failing, what="x", retries=3, sleep=waits.append)
+        hub.with_retries(failing, what="x", retries=3, sleep=waits.append)
     assert (waits, len(attempts)) == (([1.0, 2.0, 4.0], 4) if retried else ([], 1))
 
 
@@ -264,7 +266,7 @@ def test_embedded_writes_its_path_without_the_hub(tmp_path, monkeypatch):
         return folder
 
     monkeypatch.setattr(download.embedded, "materialize", materialize)
-    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("--embedded needs no hub"))
+    monkeypatch.setattr(hub, "repo_files", lambda repo: pytest.fail("--embedded needs no hub"))
     main(["--embedded", "--base-dir", str(tmp_path)])
     expected = f"EMBEDDED_MODEL_PATH={(tmp_path / 'SmolLM2-135M-Instruct').resolve()}"
     assert expected in (tmp_path / "paths.env").read_text()
@@ -295,7 +297,7 @@ def test_embedded_refuses_an_unwritable_base_dir_before_any_work(tmp_path, monke
 
 def test_hub_download_refuses_an_unwritable_base_dir_before_asking_the_hub(tmp_path, monkeypatch):
     base = unwritable(tmp_path, "under a file")
-    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("checked only after the hub"))
+    monkeypatch.setattr(hub, "repo_files", lambda repo: pytest.fail("checked only after the hub"))
     no_hub(monkeypatch)
     with pytest.raises(UsageError, match=re.escape(f"cannot write in {base}: {tmp_path / 'a-file'} is a file")):
         main(["--qwen-only", "--base-dir", str(base)])
@@ -334,7 +336,7 @@ def test_datasets_are_written_in_the_format_evaluation_reads(tmp_path, monkeypat
     fake = types.ModuleType("datasets")
     fake.load_dataset = lambda repo, config, split: HUB_ROWS[repo, config, split]
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setattr(download, "repo_files", lambda repo: pytest.fail("no model was asked for"))
+    monkeypatch.setattr(hub, "repo_files", lambda repo: pytest.fail("no model was asked for"))
     monkeypatch.chdir(tmp_path)
     main(["--datasets"])
     for relative in ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math-500/test.jsonl", "math-500/train.jsonl"):

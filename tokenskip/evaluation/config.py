@@ -13,20 +13,12 @@ from tokenskip.core.layout import METRICS
 from tokenskip.core.ratios import check_ratio
 
 BASELINES = ("truncation", "prompt")
-
-
 # the adapter of a served model is named, not a folder: a run's adapter_path is then this + its name
 SERVED_ADAPTER = "served:"
-
-
 # what one call may run with --runs, in the order it runs them: the original first (truncation scales
 # its CoT length), the base model's runs together, then the adapter's (the hf backend loads each once)
 RUN_METHODS = ("original", *BASELINES, "tokenskip")
-
-
 THINKING_SWITCH = ("auto", "on", "off")
-
-
 OVERLONG = ("warn", "skip", "truncate")
 
 

