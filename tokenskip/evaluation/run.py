@@ -101,34 +101,11 @@ def evaluate_ratio(config: EvalConfig, examples: list[data.Example], shared: Sha
 
 
 def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: SharedModel, samples_dir: Path) -> dict:
-    settings = RunSettings(
-        model_path=shared.model_path, tokenizer_path=shared.tokenizer_path, adapter_path=config.adapter_path,
-        model_type=config.model_type, compression_ratio=config.ratio, baseline=config.baseline,
-        benchmark=config.benchmark, data_type=config.data_type,
-        data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
-        data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
-        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=config.top_p,
-        seed=config.seed, overlong=config.overlong, n_samples=config.n_samples, system=config.system,
-        thinking=config.thinking, question_field=config.question_field or "",
-        answer_field=config.answer_field or "",
-    )
+    settings = run_settings(config, shared)
     claim_run_folder(samples_dir, settings)
-
-    tokenizer = shared.tokenizer
-    # baselines run the base model, which knows no ratio tag
-    tagged_ratio = 1.0 if config.baseline else config.ratio
-    request = prompts.reduction_request(config.ratio) if config.baseline == "prompt" else ""
-    switch = {"auto": None, "on": True, "off": False}[config.thinking]
-    prompt_of = {
-        example.id: prompts.build_prompt(
-            example.question, model_type=config.model_type, ratio=tagged_ratio,
-            bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
-            tokenizer=tokenizer, system=config.system, thinking=switch,
-        )
-        for example in examples
-    }
-    examples, skipped = fit_context(examples, prompt_of, tokenizer, shared.context_length, settings.max_new_tokens,
-                                    config.overlong)
+    prompt_of = build_prompts(config, examples, shared.tokenizer)
+    examples, skipped = fit_context(examples, prompt_of, shared.tokenizer, shared.context_length,
+                                    settings.max_new_tokens, config.overlong)
     examples = expand_samples(examples, config.n_samples, prompt_of)
     print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions)"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
@@ -147,31 +124,66 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
             write_json_atomic(run_file, {**recorded, **engine_record(backend, recorded, run_file)})
             with Grader(primary=config.grader, timeout=config.grading_timeout) as grader:
                 generate_pending(examples, prompt_of, backend, grader, log, timing, config, settings.max_new_tokens)
-        recorded = read_json(samples_dir / RUN_SETTINGS)
-        backend_name = recorded["backend"]
         to_probe = [example.id for example in examples[:config.latency_probe]]
         probed = {i for entry in timing.records if entry.get("probe") for i in entry["ids"]}
         if not set(to_probe) <= probed:
             probe_latency(to_probe, prompt_of, shared.backend_for(config), settings.max_new_tokens, timing)
-        records = log.records
-        timings = timing.records
+        records, timings = log.records, timing.records
 
     by_id = {record["id"]: record for record in records}
     ordered = [by_id[example.id] for example in examples]
     write_jsonl_atomic(samples_dir / PREDICTIONS, ordered)
-    generation = [t for t in timings if not t.get("probe")]
-    metrics = summarize(ordered, primary=config.grader,
-                        total_seconds=sum(t["seconds"] for t in generation),
-                        total_tokens=sum(t["tokens"] for t in generation), timings=timings)
-    metrics.update(run_description(settings, config, backend_name, shared.family))
-    for key in ("dtype", "served_model"):  # the weights' dtype really run (--dtype auto resolved); the server's
-        if recorded.get(key):
-            metrics[key] = recorded[key]
+    metrics = run_metrics(ordered, timings, config, settings, shared, read_json(samples_dir / RUN_SETTINGS))
     metrics["n_skipped_overlong"] = len(skipped)
     if config.n_samples > 1:
         metrics.update(sampling_summary(ordered, config.n_samples))
     write_json_atomic(samples_dir / METRICS, metrics)
     print_summary(metrics, samples_dir / PREDICTIONS, samples_dir / METRICS)
+    return metrics
+
+
+def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
+    """What this run's outputs depend on (run.json): a resumed run must match it."""
+    return RunSettings(
+        model_path=shared.model_path, tokenizer_path=shared.tokenizer_path, adapter_path=config.adapter_path,
+        model_type=config.model_type, compression_ratio=config.ratio, baseline=config.baseline,
+        benchmark=config.benchmark, data_type=config.data_type,
+        data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
+        data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
+        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=config.top_p,
+        seed=config.seed, overlong=config.overlong, n_samples=config.n_samples, system=config.system,
+        thinking=config.thinking, question_field=config.question_field or "",
+        answer_field=config.answer_field or "",
+    )
+
+
+def build_prompts(config: EvalConfig, examples: list[data.Example], tokenizer) -> dict[str, str]:
+    """Each question's prompt, by id: γ in it for the adapter, none for the baselines (the base model
+    knows no ratio tag), the reduction request for the prompt baseline."""
+    tagged_ratio = 1.0 if config.baseline else config.ratio
+    request = prompts.reduction_request(config.ratio) if config.baseline == "prompt" else ""
+    switch = {"auto": None, "on": True, "off": False}[config.thinking]
+    return {
+        example.id: prompts.build_prompt(
+            example.question, model_type=config.model_type, ratio=tagged_ratio,
+            bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
+            tokenizer=tokenizer, system=config.system, thinking=switch,
+        )
+        for example in examples
+    }
+
+
+def run_metrics(ordered: list[dict], timings: list[dict], config: EvalConfig, settings: RunSettings,
+                shared: SharedModel, recorded: dict) -> dict:
+    """metrics.json of a finished run: the summary of its records and timings, and what ran it."""
+    generation = [t for t in timings if not t.get("probe")]
+    metrics = summarize(ordered, primary=config.grader,
+                        total_seconds=sum(t["seconds"] for t in generation),
+                        total_tokens=sum(t["tokens"] for t in generation), timings=timings)
+    metrics.update(run_description(settings, config, recorded["backend"], shared.family))
+    for key in ("dtype", "served_model"):  # the weights' dtype really run (--dtype auto resolved); the server's
+        if recorded.get(key):
+            metrics[key] = recorded[key]
     return metrics
 
 
