@@ -175,9 +175,9 @@ def default_model_path(input_path: Path, given: str | None) -> str:
 
     if given:
         return given
-    recorded = Stage1Metrics.beside(input_path).model_path
-    if recorded:
-        return recorded_model(recorded, Stage1Metrics.beside(input_path).path)
+    stage1 = Stage1Metrics.beside(input_path)
+    if stage1.model_path:
+        return recorded_model(stage1.model_path, stage1.path)
     return str(embedded.default_dir())
 
 
