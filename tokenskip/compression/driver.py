@@ -21,9 +21,16 @@ from typing import Sequence
 from tokenskip.compression.scorers import CoT, Scorer
 from tokenskip.core import layout
 from tokenskip.core.errors import UsageError
-from tokenskip.core.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+from tokenskip.core.jsonio import write_json_atomic, write_jsonl_atomic
 from tokenskip.core.locking import locked
-from tokenskip.data.records import CompressedCoT, FormattedCoT, Stage1Metrics, question_of
+from tokenskip.data.records import (
+    CompressedCoT,
+    FormattedCoT,
+    Stage1Metrics,
+    Stage1Prediction,
+    question_of,
+    read_records,
+)
 from tokenskip.grading.parsing import extract_boxed
 from tokenskip.models.loading import looks_like_hub_id
 from tokenskip.prompting import prompts, thinking
@@ -158,13 +165,9 @@ class PreparedCoTs:
 def prepare(predictions_path: Path, *, model_type: str, max_cot_tokens: int, count_tokens) -> PreparedCoTs:
     """Steps 1 and 2: stage 1's correct answers, and those with a CoT to compress; a UsageError
     saying why when there is none."""
-    records = read_jsonl(predictions_path, what="stage-1 predictions file", made_by=STAGE1)
+    records = read_records(predictions_path, Stage1Prediction, what="stage-1 predictions file", made_by=STAGE1)
     if not records:
         raise UsageError(f"{predictions_path} is empty; rerun {STAGE1}")
-    for line_no, record in enumerate(records, start=1):
-        missing = [key for key in ("id", "accuracy", "model_output", "messages", "prediction") if key not in record]
-        if missing:
-            raise UsageError(f"{predictions_path}:{line_no}: lacks {', '.join(missing)}; is this stage-1 output?")
     correct = [record for record in records if record["accuracy"]]
     dropped: Counter = Counter()
     formatted = []

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from tokenskip.core import layout
-from tokenskip.core.jsonio import read_json
+from tokenskip.core.errors import UsageError
+from tokenskip.core.jsonio import read_json, read_jsonl
 
 
 class Message(TypedDict):
@@ -87,6 +88,26 @@ class TrainingRecord(TypedDict):
     input: str
     output: str
     system: NotRequired[str]
+
+
+# The fields each record's reader uses: a file that lacks one was not written by the stage before
+# (or by an older version of it), and is refused at its first bad line instead of failing midway.
+READ_FIELDS: dict[type, tuple[str, ...]] = {
+    Stage1Prediction: ("id", "accuracy", "model_output", "messages", "prediction"),  # by stage 2
+    FormattedCoT: ("id", "messages", "cot", "prediction"),  # by stage 3
+    CompressedCoT: ("id", "question", "compressed_cot", "model_answer"),  # by stage 3
+}
+
+
+def read_records(path: Path, record: type, *, what: str, made_by: str) -> list[dict]:
+    """The lines of a stage file, each checked for the fields its reader uses (`READ_FIELDS`)."""
+    records = read_jsonl(path, what=what, made_by=made_by)
+    for line_no, line in enumerate(records, start=1):
+        missing = [key for key in READ_FIELDS[record] if key not in line]
+        if missing:
+            raise UsageError(f"{path}:{line_no}: lacks {', '.join(missing)}; it is not a {what} "
+                             f"as {made_by} writes it (rerun that stage)")
+    return records
 
 
 def question_of(record: Stage1Prediction | FormattedCoT) -> str:

@@ -247,7 +247,9 @@ class _Worker:
     def __init__(self, graders: Sequence[str]) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        boot = "from tokenskip.grading.graders import serve_worker; serve_worker()"
+        # the worker's entry is named from the function itself, so a move or a rename fails here, at
+        # import, not in a child process at run time
+        boot = f"from {serve_worker.__module__} import {serve_worker.__name__}; {serve_worker.__name__}()"
         self.process = subprocess.Popen(
             [sys.executable, "-c", boot, *graders], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )

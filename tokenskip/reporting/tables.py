@@ -326,7 +326,6 @@ def read_training_ratios(group: Path, root: Path) -> list[TrainingRatios]:
 
 def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     original_run = next((run for run in runs if run.method == "original"), None)
-    original = original_run.metrics if original_run else None
     original_label = original_run.label if original_run else None
     questions = {run.path: read_questions(run) for run in runs}
     # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything)
@@ -334,47 +333,12 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     training = read_training_ratios(group, root)
     rows = []
     for run in runs:
-        metrics, path, mine = run.metrics, run.path, questions[run.path]
-        accuracy = 100 * metrics["accuracy"]
-        latency, basis, speedup = latency_of(metrics, original)
         theirs = questions[original_run.path] if original_run else None
         own_one = questions[at_one[run.label].path] if run.label in at_one else None
-        vs_original, _ = paired_ratio(mine, theirs)
-        vs_self, _ = paired_ratio(mine, own_one)
-        vs_original_correct, n_original_correct = paired_ratio(mine, theirs, both_correct=True)
-        vs_self_correct, n_self_correct = paired_ratio(mine, own_one, both_correct=True)
-        median = metrics.get("median_cot_length")
-        if median is None and mine and mine.cot:
-            median = statistics.median(mine.cot.values())
-        n_capped = metrics.get("n_capped")
-        if n_capped is None and mine:
-            n_capped = mine.n_capped
         train_data = {found.method: found.ratios[ratio_tag(run.ratio)] for found in training
                       if ratio_tag(run.ratio) in found.ratios} if run.method == "tokenskip" else {}
-        rows.append(Row(
-            method=run.label, ratio=run.ratio, accuracy=accuracy,
-            accuracy_change=accuracy - 100 * original["accuracy"] if original else None,
-            cot_tokens=metrics["avg_cot_length"],
-            actual_ratio=metrics["avg_cot_length"] / original["avg_cot_length"]
-            if original and original["avg_cot_length"] else None,
-            latency=latency,
-            speedup=speedup,
-            n_samples=metrics.get("n_samples", 0),
-            path=str(path.parent.relative_to(root)),
-            latency_basis=basis,
-            sample_latency=metrics.get("sample_latency"),
-            request_latency=metrics.get("request_latency"),
-            median_cot_tokens=median,
-            n_capped=n_capped,
-            ratio_vs_original=vs_original,
-            ratio_vs_self=vs_self,
-            ratio_vs_original_both_correct=vs_original_correct,
-            ratio_vs_self_both_correct=vs_self_correct,
-            n_both_correct_original=n_original_correct,
-            n_both_correct_self=n_self_correct,
-            train_data_ratios=train_data or None,
-            thinking=metrics.get("thinking"),
-        ))
+        rows.append(_row(run, original_run.metrics if original_run else None, root,
+                         questions[run.path], theirs, own_one, train_data))
     order = {run.label: list(METHOD_NAMES).index(run.method) if run.method in METHOD_NAMES else len(METHOD_NAMES)
              for run in runs}
     rows.sort(key=lambda row: (order[row.method], row.method, -row.ratio))
@@ -387,6 +351,48 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     return Table(title=_title(group, root, benchmark), benchmark=benchmark, rows=rows, original=original_label,
                  adherence=[adherence(method, method_rows) for method, method_rows in series.items()],
                  training_ratios=training)
+
+
+def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, train_data: dict) -> Row:
+    """One run's line: its metrics, and its CoT ratios paired question by question with the base
+    model's run (`theirs`) and with its own γ = 1.0 run (`own_one`)."""
+    metrics = run.metrics
+    accuracy = 100 * metrics["accuracy"]
+    latency, basis, speedup = latency_of(metrics, original)
+    vs_original, _ = paired_ratio(mine, theirs)
+    vs_self, _ = paired_ratio(mine, own_one)
+    vs_original_correct, n_original_correct = paired_ratio(mine, theirs, both_correct=True)
+    vs_self_correct, n_self_correct = paired_ratio(mine, own_one, both_correct=True)
+    median = metrics.get("median_cot_length")
+    if median is None and mine and mine.cot:
+        median = statistics.median(mine.cot.values())
+    n_capped = metrics.get("n_capped")
+    if n_capped is None and mine:
+        n_capped = mine.n_capped
+    return Row(
+        method=run.label, ratio=run.ratio, accuracy=accuracy,
+        accuracy_change=accuracy - 100 * original["accuracy"] if original else None,
+        cot_tokens=metrics["avg_cot_length"],
+        actual_ratio=metrics["avg_cot_length"] / original["avg_cot_length"]
+        if original and original["avg_cot_length"] else None,
+        latency=latency,
+        speedup=speedup,
+        n_samples=metrics.get("n_samples", 0),
+        path=str(run.path.parent.relative_to(root)),
+        latency_basis=basis,
+        sample_latency=metrics.get("sample_latency"),
+        request_latency=metrics.get("request_latency"),
+        median_cot_tokens=median,
+        n_capped=n_capped,
+        ratio_vs_original=vs_original,
+        ratio_vs_self=vs_self,
+        ratio_vs_original_both_correct=vs_original_correct,
+        ratio_vs_self_both_correct=vs_self_correct,
+        n_both_correct_original=n_original_correct,
+        n_both_correct_self=n_self_correct,
+        train_data_ratios=train_data or None,
+        thinking=metrics.get("thinking"),
+    )
 
 
 def _ratio_on(row: Row, basis: str) -> float | None:

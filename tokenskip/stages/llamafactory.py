@@ -26,11 +26,11 @@ from tokenskip.compression.scorers import scorer_class
 from tokenskip.core import layout
 from tokenskip.core.cli import StageParser
 from tokenskip.core.errors import UsageError
-from tokenskip.core.jsonio import atomic_writer, parse_json, read_jsonl
+from tokenskip.core.jsonio import atomic_writer, parse_json
 from tokenskip.core.locking import locked
 from tokenskip.core.ratios import DEFAULT_RATIOS, parse_ratios
 from tokenskip.data.benchmarks import TRAIN_BENCHMARKS
-from tokenskip.data.records import Stage1Metrics, TrainingRecord, question_of
+from tokenskip.data.records import CompressedCoT, FormattedCoT, Stage1Metrics, TrainingRecord, question_of, read_records
 from tokenskip.prompting import prompts, templates, thinking
 from tokenskip.stages import flags
 
@@ -84,8 +84,8 @@ def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple
     scorer = scorer_class(method)
     # paths come from tokenskip.core.layout, the one place that knows the outputs tree (stage 2 writes there too)
     formatted_path = layout.stage1_samples(input_dir) / layout.FORMATTED
-    originals = read_jsonl(formatted_path, what="formatted CoTs",
-                           made_by=f"the compression stage ({scorer.script})")
+    originals = read_records(formatted_path, FormattedCoT, what="formatted CoTs file",
+                             made_by=f"the compression stage ({scorer.script})")
     folder = layout.compression_dir(input_dir, method)
     compressed: dict[float, dict] = {}
     original_ids = [record["id"] for record in originals]
@@ -94,7 +94,8 @@ def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple
         path = layout.ratio_file(folder, ratio, scorer.file_stem)
         if not path.exists():
             raise UsageError(f"{path} is missing: run {scorer.script} with ratio {ratio} first")
-        by_id = {line["id"]: line for line in read_jsonl(path, what="compressed CoTs")}
+        lines = read_records(path, CompressedCoT, what="compressed CoTs file", made_by=scorer.script)
+        by_id = {line["id"]: line for line in lines}
         missing = [i for i in original_ids if i not in by_id]
         extra = sorted(set(by_id) - set(original_ids))
         if missing or extra:

@@ -55,19 +55,12 @@ def target_ids(tokenizer, text: str) -> list[int]:
 def train_compressor(items: Sequence[Item], *, settings: SoftSettings, train_settings: TrainSettings, out_dir: Path,
           device: str, dtype, max_steps: int | None = None, teacher_batch: int = 16, progress: bool = True) -> dict:
     """Train a soft compressor on `items` into `out_dir` (resumes from its checkpoint); returns the summary."""
-    import torch
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
     settings.check()
     started = time.perf_counter()
     model = SoftModel.create(settings, device=device, dtype=dtype, seed=train_settings.seed)
-    if train_settings.target == "teacher":
-        targets = teacher_targets(model, items, out_dir, train_settings, teacher_batch)
-    elif train_settings.target == "gold":
-        targets = {item.id: (f"{item.answer}}}" if not item.thinking else item.answer) for item in items}
-    else:
-        raise UsageError(f"--target must be teacher or gold, got {train_settings.target!r}")
+    targets = _targets(model, items, out_dir, train_settings, teacher_batch)
     teacher_seconds = time.perf_counter() - started
     examples = [(request_pieces(model.tokenizer, item, settings, item.context),
                  target_ids(model.tokenizer, targets[item.id])) for item in items]
@@ -76,51 +69,27 @@ def train_compressor(items: Sequence[Item], *, settings: SoftSettings, train_set
     if max_steps:
         total_steps = min(total_steps, max_steps)
     calibration = model.fit_output_map([pieces for pieces, _ in examples[:64]])
-    groups = model.trainable()
-    optimizer = torch.optim.AdamW(
-        [{"params": groups["generator"], "lr": train_settings.lr},
-         {"params": groups["compressor"], "lr": train_settings.compressor_lr}],
-        weight_decay=train_settings.weight_decay)
-    warmup = math.ceil(train_settings.warmup_ratio * total_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    optimizer, scheduler = _optimizer(model, train_settings, total_steps)
     order = _order(len(examples), total_steps * per_step, train_settings.seed)
     recorded = {"settings": asdict(settings), "train": asdict(train_settings), "n_items": len(examples),
                 "total_steps": total_steps}
-    step = 0
     checkpoint = out_dir / CHECKPOINT
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["recorded"] != recorded:
-            raise UsageError(f"{checkpoint} is from a run with other settings or data; "
-                             "use another --output-dir, or delete the checkpoint to start over")
-        model.load_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        print(f"resuming from step {step} of {total_steps} ({checkpoint})")
+    step = _resume(checkpoint, recorded, model, optimizer, scheduler, device)
     model.train()
     train_seconds = 0.0
     with AppendLog(out_dir / TRAIN_LOG) as log, tqdm(total=total_steps, initial=step, desc="soft compression",
                                                     unit="step", disable=not progress) as bar:
         while step < total_steps:
             tick = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for micro in range(train_settings.grad_accum):
-                start = (step * train_settings.grad_accum + micro) * train_settings.batch_size
-                batch = [examples[i] for i in order[start:start + train_settings.batch_size]]
-                loss = model.loss(batch) / train_settings.grad_accum
-                loss.backward()
-                total += loss.item()
-            torch.nn.utils.clip_grad_norm_([p for g in groups.values() for p in g], train_settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            batches = [[examples[i] for i in order[start:start + train_settings.batch_size]]
+                       for start in range(step * per_step, (step + 1) * per_step, train_settings.batch_size)]
+            loss = _step(model, optimizer, scheduler, batches, train_settings.max_grad_norm)
             step += 1
             train_seconds += time.perf_counter() - tick
-            log.append({"step": step, "loss": round(total, 5), "lr": scheduler.get_last_lr()[0],
+            log.append({"step": step, "loss": round(loss, 5), "lr": scheduler.get_last_lr()[0],
                         "seconds": round(time.perf_counter() - tick, 3)})
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
             if step % train_settings.save_every == 0 and step < total_steps:
                 _save_checkpoint(checkpoint, model, optimizer, scheduler, step, recorded)
     model.eval()
@@ -133,6 +102,65 @@ def train_compressor(items: Sequence[Item], *, settings: SoftSettings, train_set
                "last_loss": (sum(losses[-10:]) / len(losses[-10:])) if losses else None}
     write_json_atomic(out_dir / "train_summary.json", {**summary, **recorded})
     return summary
+
+
+def _targets(model: SoftModel, items: Sequence[Item], out_dir: Path, train: TrainSettings,
+             teacher_batch: int) -> dict[str, str]:
+    """What the model learns to write after the compressed CoT: the teacher's answer, or the gold one."""
+    if train.target == "teacher":
+        return teacher_targets(model, items, out_dir, train, teacher_batch)
+    if train.target == "gold":
+        # "}" closes the \boxed{ that ends a non-thinking request; a thinking answer is written whole
+        return {item.id: (f"{item.answer}}}" if not item.thinking else item.answer) for item in items}
+    raise UsageError(f"--target must be teacher or gold, got {train.target!r}")
+
+
+def _optimizer(model: SoftModel, train: TrainSettings, total_steps: int):
+    """AdamW with the generator and the compressor at their own learning rates, linear warm-up and decay."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    groups = model.trainable()
+    optimizer = torch.optim.AdamW(
+        [{"params": groups["generator"], "lr": train.lr},
+         {"params": groups["compressor"], "lr": train.compressor_lr}],
+        weight_decay=train.weight_decay)
+    warmup = math.ceil(train.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def _resume(checkpoint: Path, recorded: dict, model: SoftModel, optimizer, scheduler, device: str) -> int:
+    """The step to go on from: 0 without a checkpoint; a checkpoint of other settings is refused."""
+    import torch
+
+    if not checkpoint.is_file():
+        return 0
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if state["recorded"] != recorded:
+        raise UsageError(f"{checkpoint} is from a run with other settings or data; "
+                         "use another --output-dir, or delete the checkpoint to start over")
+    model.load_state(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    print(f"resuming from step {state['step']} of {recorded['total_steps']} ({checkpoint})")
+    return state["step"]
+
+
+def _step(model: SoftModel, optimizer, scheduler, batches: list, max_grad_norm: float) -> float:
+    """One optimizer step over micro-batches (gradient accumulation); returns the step's mean loss."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in batches:
+        loss = model.loss(batch) / len(batches)
+        loss.backward()
+        total += loss.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return total
 
 
 def _order(n: int, needed: int, seed: int) -> list[int]:
