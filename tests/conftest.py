@@ -30,3 +30,18 @@ def tiny_lm_dir(tmp_path_factory, smollm2_dir) -> Path:
     from transformers import AutoTokenizer
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), AutoTokenizer.from_pretrained(smollm2_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_lm_dir, tmp_path_factory) -> Path:
+    """A LoRA on the tiny model with random (non-zero) weights: it changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    folder = tmp_path_factory.mktemp("adapter")
+    peft.save_pretrained(folder)
+    return folder

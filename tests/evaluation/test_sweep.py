@@ -4,7 +4,6 @@ on one loaded model, each run's folder exactly as separate calls write it."""
 from __future__ import annotations
 
 import pytest
-import torch
 from stage_files import cli_args, read_lines
 
 from tokenskip.core.errors import UsageError
@@ -12,20 +11,6 @@ from tokenskip.evaluation import run as evaluation_run
 from tokenskip.stages import evaluate
 
 RUN_FOLDERS = ["Original/test", "TokenSkip/1.0", "TokenSkip/0.5", "Truncation/0.5", "PromptReduction/0.5"]
-
-
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_lm_dir, tmp_path_factory):
-    """A LoRA on the tiny model with random (non-zero) weights: it changes the outputs."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    folder = tmp_path_factory.mktemp("adapter")
-    peft.save_pretrained(folder)
-    return folder
 
 
 def counting_backends(monkeypatch) -> list:

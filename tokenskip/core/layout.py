@@ -44,6 +44,8 @@ FORMATTED = "predictions_formatted.jsonl"  # stage 2: the CoTs it compressed
 COMPRESSION_SUMMARY = "compression_summary.json"
 RATIO_FILE_STEM = "train_outputs_compressed_ratio"  # stage 2's ratio files: {stem}_{γ}.jsonl
 LOCK_FILE = ".lock"
+SHARDS = "shards"  # a sharded run's shard folders, inside the run's own folder (tokenskip/core/shards.py)
+LOGS = "logs"  # data-parallel ranks' output, inside the model's folder
 
 
 def model_dir(output_dir: str | Path, model_size: str) -> Path:
@@ -64,6 +66,15 @@ def run_dir(model_folder: Path, *, method: str, ratio: float, data_type: str) ->
         return folder / "train" if data_type == "train" else folder
     folder = model_folder / RUN_FOLDERS["original"] / data_type
     return folder if ratio == 1.0 else folder / f"ratio_{ratio_tag(ratio)}"
+
+
+def shard_dir(folder: Path, index: int, count: int) -> Path:
+    """`{folder}/shards/{i}-of-{K}/`: where shard i of K of the job writing `folder` writes."""
+    return folder / SHARDS / f"{index}-of-{count}"
+
+
+def logs_dir(model_folder: Path) -> Path:
+    return model_folder / LOGS
 
 
 def samples_dir(run_folder: Path) -> Path:

@@ -11,6 +11,7 @@ from tokenskip.core.errors import UsageError
 from tokenskip.core.jsonio import read_json
 from tokenskip.core.layout import METRICS
 from tokenskip.core.ratios import check_ratio
+from tokenskip.core.shards import ShardPlan, shard_plan
 
 BASELINES = ("truncation", "prompt")
 # the adapter of a served model is named, not a folder: a run's adapter_path is then this + its name
@@ -69,6 +70,8 @@ class EvalConfig:
     server_prompt: str = "ids"
     runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
     baseline_ratios: tuple[float, ...] = ()
+    shards: ShardPlan = ShardPlan()  # --num-shards / --shard-index / --merge-shards
+    data_parallel_size: int = 1
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:
@@ -110,12 +113,26 @@ class EvalConfig:
             raise UsageError(f"--latency-probe must be 0 (off) or a number of questions, got {args.latency_probe}")
         if args.use_adapter and not args.adapter_path:
             raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
+        shards = cls.check_scaling(args)
         values = {field.name: getattr(args, field.name) for field in fields(cls)
-                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios")}
+                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios", "shards")}
         adapter = args.use_adapter or (runs is not None and "tokenskip" in runs)
         return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
                    adapter_path=args.adapter_path if adapter else None,
-                   backend=backend, runs=runs, baseline_ratios=baseline_ratios)
+                   backend=backend, runs=runs, baseline_ratios=baseline_ratios, shards=shards)
+
+    @staticmethod
+    def check_scaling(args) -> ShardPlan:
+        """--num-shards / --shard-index / --merge-shards and --data-parallel-size, checked."""
+        shards = shard_plan(args)
+        if args.data_parallel_size < 1:
+            raise UsageError(f"--data-parallel-size must be 1 or more, got {args.data_parallel_size}")
+        if args.data_parallel_size > 1 and (shards.count > 1 or shards.merge):
+            raise UsageError("--data-parallel-size runs its own shards (one per rank) and merges them: drop "
+                             "--num-shards / --shard-index / --merge-shards")
+        if args.regrade and (shards.count > 1 or args.data_parallel_size > 1):
+            raise UsageError("--regrade reads a finished run: drop the shard and data-parallel flags")
+        return shards
 
     @staticmethod
     def check_runs(args) -> tuple[tuple[str, ...] | None, tuple[float, ...]]:
@@ -243,6 +260,8 @@ def run_method(settings: RunSettings) -> str:
 def chunk_size(config: EvalConfig, backend_name: str) -> int:
     """Prompts per generate call: --eval_batch_size, else the backend's default."""
     from tokenskip.backends.hf import DEFAULT_BATCH_SIZE
+    from tokenskip.backends.server import CHUNK_SIZE as SERVER_CHUNK_SIZE
     from tokenskip.backends.vllm import CHUNK_SIZE
 
-    return config.eval_batch_size or (CHUNK_SIZE if backend_name == "vllm" else DEFAULT_BATCH_SIZE)
+    defaults = {"vllm": CHUNK_SIZE, "server": SERVER_CHUNK_SIZE}
+    return config.eval_batch_size or defaults.get(backend_name, DEFAULT_BATCH_SIZE)

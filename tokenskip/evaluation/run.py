@@ -15,6 +15,7 @@ from tokenskip.core.errors import UsageError
 from tokenskip.core.jsonio import AppendLog, read_json, write_json_atomic, write_jsonl_atomic
 from tokenskip.core.layout import GENERATION_LOG, METRICS, PREDICTIONS, RUN_SETTINGS
 from tokenskip.core.locking import FolderLock
+from tokenskip.core.shards import Shard
 from tokenskip.data import benchmarks as data
 from tokenskip.data.records import Stage1Prediction
 from tokenskip.evaluation.config import (
@@ -87,6 +88,10 @@ class SharedModel:
               + (f" (adapter {adapter_path})" if adapter_path else ""))
         return backend
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a prompt, as every backend counts them (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
@@ -94,52 +99,123 @@ class SharedModel:
 
 
 def evaluate_ratio(config: EvalConfig, examples: list[data.Example], shared: SharedModel) -> dict:
-    """One run: one ratio, one folder, resumable; the folder is locked while the run writes it."""
+    """One run: one ratio, one folder, resumable; the folder is locked while the run writes it.
+    A shard (--shard-index) is the same run on its share of the batches, in a folder of its own."""
     samples_dir = layout.samples_dir(run_dir(config))
-    with FolderLock(samples_dir):
-        return _evaluate_locked(config, examples, shared, samples_dir)
+    if config.shards.merge:
+        from tokenskip.evaluation.merge import merge_shards
+
+        return merge_shards(config, examples, shared, samples_dir)
+    shard = config.shards.shard
+    folder = shard.folder(samples_dir) if shard else samples_dir
+    with FolderLock(folder):
+        return _evaluate_locked(config, examples, shared, folder, shard)
 
 
-def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: SharedModel, samples_dir: Path) -> dict:
-    settings = run_settings(config, shared)
-    claim_run_folder(samples_dir, settings)
+@dataclass(frozen=True)
+class Job:
+    """What a run works on, planned from the whole dataset, so that every shard plans alike."""
+
+    examples: list[data.Example]  # in question order, samples expanded, overlong ones applied
+    prompt_of: dict[str, str]
+    skipped: list[str]  # ids left out by --overlong skip
+    batches: list[list[data.Example]]
+    chunk_size: int
+
+    def share(self, shard: Shard | None) -> tuple[list[data.Example], list[list[data.Example]]]:
+        """A shard's examples (in question order) and batches: every K-th batch of the plan, so each
+        batch is the very batch the unsharded run generates (same padding, same outputs)."""
+        if shard is None:
+            return self.examples, self.batches
+        batches = shard.take(self.batches)
+        mine = {example.id for batch in batches for example in batch}
+        return [example for example in self.examples if example.id in mine], batches
+
+
+def plan_job(config: EvalConfig, examples: list[data.Example], shared: SharedModel, max_new_tokens: int) -> Job:
     prompt_of = build_prompts(config, examples, shared.tokenizer)
     examples, skipped = fit_context(examples, prompt_of, shared.tokenizer, shared.context_length,
-                                    settings.max_new_tokens, config.overlong)
+                                    max_new_tokens, config.overlong)
     examples = expand_samples(examples, config.n_samples, prompt_of)
-    print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions)"
+    size = chunk_size(config, config.backend)
+    return Job(examples, prompt_of, skipped, plan_batches(examples, prompt_of, shared.count_tokens, size), size)
+
+
+def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: SharedModel, samples_dir: Path,
+                     shard: Shard | None) -> dict:
+    settings = run_settings(config, shared)
+    claim_run_folder(samples_dir, settings)
+    job = plan_job(config, examples, shared, settings.max_new_tokens)
+    if shard:
+        claim_shard(samples_dir, shard, job)
+    examples, batches = job.share(shard)
+    prompt_of = job.prompt_of
+    print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions"
+          + (f", {shard} of {len(job.examples)}" if shard else "") + ")"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
           + (f", {config.baseline} baseline at γ={config.ratio}" if config.baseline else ""))
 
     with AppendLog(samples_dir / PREDICTIONS) as log, AppendLog(samples_dir / GENERATION_LOG) as timing:
         done = {record["id"] for record in log.records}
-        unknown = done - set(prompt_of)
+        unknown = done - {example.id for example in examples}
         if unknown:
             raise UsageError(f"{samples_dir / PREDICTIONS} holds ids not in this dataset (e.g. {sorted(unknown)[0]}); "
                              "use another --output-dir or delete that folder")
         if len(done) < len(examples):
             backend = shared.backend_for(config)
+            if backend.chunk_size != job.chunk_size:
+                raise RuntimeError(f"the {backend.name} backend chunks by {backend.chunk_size}, "
+                                   f"the plan by {job.chunk_size}")
             run_file = samples_dir / RUN_SETTINGS
             recorded = read_json(run_file)
             write_json_atomic(run_file, {**recorded, **engine_record(backend, recorded, run_file)})
             with Grader(primary=config.grader, timeout=config.grading_timeout) as grader:
-                generate_pending(examples, prompt_of, backend, grader, log, timing, config, settings.max_new_tokens)
-        to_probe = [example.id for example in examples[:config.latency_probe]]
+                generate_pending(batches, len(examples), prompt_of, backend, grader, log, timing, config,
+                                 settings.max_new_tokens)
+        # the latency probe times the job's first questions once: in the unsharded run, or in shard 0
+        to_probe = [example.id for example in job.examples[:config.latency_probe]] if not shard or not shard.index \
+            else []
         probed = {i for entry in timing.records if entry.get("probe") for i in entry["ids"]}
         if not set(to_probe) <= probed:
             probe_latency(to_probe, prompt_of, shared.backend_for(config), settings.max_new_tokens, timing)
         records, timings = log.records, timing.records
 
     by_id = {record["id"]: record for record in records}
-    ordered = [by_id[example.id] for example in examples]
+    extra = {"shard": [shard.index, shard.count]} if shard else {}
+    return finish_run(samples_dir, [by_id[example.id] for example in examples], timings, config, settings,
+                      shared, job, extra)
+
+
+def finish_run(samples_dir: Path, ordered: list[dict], timings: list[dict], config: EvalConfig,
+               settings: RunSettings, shared: SharedModel, job: Job, extra: dict) -> dict:
+    """A run's last writes, from its records in question order: predictions.jsonl (rewritten in that
+    order) and metrics.json, which says the run is finished; then its summary is printed."""
     write_jsonl_atomic(samples_dir / PREDICTIONS, ordered)
     metrics = run_metrics(ordered, timings, config, settings, shared, read_json(samples_dir / RUN_SETTINGS))
-    metrics["n_skipped_overlong"] = len(skipped)
+    metrics["n_skipped_overlong"] = len(job.skipped)
     if config.n_samples > 1:
         metrics.update(sampling_summary(ordered, config.n_samples))
+    metrics.update(extra)
     write_json_atomic(samples_dir / METRICS, metrics)
     print_summary(metrics, samples_dir / PREDICTIONS, samples_dir / METRICS)
     return metrics
+
+
+def claim_shard(folder: Path, shard: Shard, job: Job) -> None:
+    """Record in the shard's run.json how the job was split (a rerun and the merge must split alike)."""
+    path = folder / RUN_SETTINGS
+    recorded = read_json(path)
+    wanted = shard_record(shard, job)
+    if recorded.get("shard") not in (None, wanted):
+        raise UsageError(f"{folder} holds {recorded['shard']}, not {wanted}: shards must use the same "
+                         "--num-shards and --eval_batch_size; use another --output-dir or delete that folder")
+    if recorded.get("shard") is None:
+        write_json_atomic(path, {**recorded, "shard": wanted})
+
+
+def shard_record(shard: Shard, job: Job) -> dict:
+    return {"index": shard.index, "num_shards": shard.count, "chunk_size": job.chunk_size,
+            "n_questions": len(job.examples)}
 
 
 def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
@@ -259,7 +335,7 @@ def claim_run_folder(samples_dir: Path, settings: RunSettings) -> None:
                 found[key] = legacy
         unrecorded = [key for key in wanted if key not in found and key in LEGACY_SETTINGS]
         changed = {key: (found.get(key), value) for key, value in wanted.items()
-                   if key not in unrecorded and not _same_setting(key, found.get(key), value)}
+                   if key not in unrecorded and not same_setting(key, found.get(key), value)}
         if "data_sha256" in changed:
             raise UsageError(f"the dataset {settings.data_source} changed since {samples_dir} was made from it "
                              "(its questions or answers differ); use another --output-dir or delete that folder")
@@ -276,21 +352,22 @@ def claim_run_folder(samples_dir: Path, settings: RunSettings) -> None:
     write_json_atomic(path, {**wanted, "backend": None})
 
 
-def _same_setting(key: str, old, new) -> bool:
+def same_setting(key: str, old, new) -> bool:
     if key == "data_source" and isinstance(old, str) and not old.startswith("hub:"):
         return Path(old).resolve() == Path(new).resolve()  # one file, named relatively or absolutely
     return old == new
 
 
-def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], backend: Backend) -> list[list[data.Example]]:
+def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], count_tokens,
+                 size: int) -> list[list[data.Example]]:
     """Longest prompts first, in fixed batches over the whole dataset.
 
     Sorting wastes little padding; planning over the whole dataset (not just the pending part)
-    keeps every batch the same on a resumed run, so its outputs match an uninterrupted one.
+    keeps every batch the same on a resumed run and in every shard, so their outputs match an
+    uninterrupted, unsharded one.
     """
-    lengths = {example.id: backend.count_tokens(prompt_of[example.id]) for example in examples}
+    lengths = {example.id: count_tokens(prompt_of[example.id]) for example in examples}
     ordered = sorted(examples, key=lambda example: -lengths[example.id])
-    size = backend.chunk_size
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
@@ -307,12 +384,12 @@ def probe_latency(ids: list[str], prompt_of: dict[str, str], backend: Backend, m
                        "tokens": completion.n_tokens})
 
 
-def generate_pending(examples, prompt_of, backend: Backend, grader: Grader, log: AppendLog, timing: AppendLog,
-                     config: EvalConfig, max_new_tokens: int) -> None:
+def generate_pending(planned: list[list[data.Example]], total: int, prompt_of, backend: Backend, grader: Grader,
+                     log: AppendLog, timing: AppendLog, config: EvalConfig, max_new_tokens: int) -> None:
+    """Generate and grade the planned batches that hold a question without an answer yet."""
     done = {record["id"] for record in log.records}
-    batches = [batch for batch in plan_batches(examples, prompt_of, backend)
-               if any(example.id not in done for example in batch)]
-    progress = tqdm(total=len(examples), initial=len(done), desc="questions", unit="q", dynamic_ncols=True)
+    batches = [batch for batch in planned if any(example.id not in done for example in batch)]
+    progress = tqdm(total=total, initial=len(done), desc="questions", unit="q", dynamic_ncols=True)
     seconds = tokens = 0.0
     for batch in batches:
         start = time.perf_counter()

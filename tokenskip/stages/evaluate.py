@@ -8,15 +8,18 @@ length and latency. Runs are resumable: every finished question is appended to
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 from tokenskip.backends import BACKENDS, choose_backend
 from tokenskip.core import layout
-from tokenskip.core.cli import StageParser
+from tokenskip.core.cli import StageParser, user_errors
+from tokenskip.core.shards import ShardPlan
 from tokenskip.data import benchmarks as data
 from tokenskip.evaluation.config import BASELINES, OVERLONG, RUN_METHODS, SERVED_ADAPTER, THINKING_SWITCH, EvalConfig
+from tokenskip.evaluation.parallel import entry_command, run_ranks
 from tokenskip.evaluation.regrade import regrade
 from tokenskip.evaluation.run import SharedModel, evaluate_ratio, with_prompt_format
 from tokenskip.grading.graders import GRADERS
@@ -127,6 +130,13 @@ def build_parser() -> StageParser:
         help="re-grade an existing predictions.jsonl (or the run folder holding it); no model needed. A run's own "
              "file is regraded in place with its metrics.json; any other file gets {name}.regraded.jsonl and "
              "{name}.regraded.metrics.json beside it")
+    scaling = parser.add_argument_group(
+        "scaling out (README: Scaling out). A sharded run merges to exactly the unsharded one's files")
+    scaling.add_argument("--data-parallel-size", type=int, default=1, metavar="N",
+                         help="N engine replicas on this node, each on --tensor_parallel_size GPUs (N x TP in all) "
+                              "and its share of the questions, merged at the end (vLLM's offline data-parallel "
+                              "pattern; with --backend hf, one GPU per rank)")
+    flags.add_shard_flags(scaling, unit="question batches (the plan is made from the whole dataset)")
     add("--latency-probe", type=int, default=0, metavar="N",
         help="after the batched run, time the first N questions again one at a time (batch size 1, after a "
              "warm-up): request_latency then says what one lone request takes. Without it, it is each "
@@ -144,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     config = EvalConfig.from_args(build_parser().parse_args(argv))
     if config.regrade:
         return [regrade(Path(config.regrade), primary=config.grader, timeout=config.grading_timeout)]
+    if config.data_parallel_size > 1:  # the ranks run as shards; this process then merges them
+        size = config.data_parallel_size
+        run_ranks(entry_command(__spec__.name if __spec__ else "tokenskip.stages.evaluate"),
+                  list(sys.argv[1:] if argv is None else argv), size=size,
+                  tensor_parallel=config.tensor_parallel_size or 1,
+                  log_dir=layout.logs_dir(layout.model_dir(config.output_dir, config.model_size)))
+        config = replace(config, data_parallel_size=1, shards=ShardPlan(count=size, merge=True))
 
     from tokenskip.models.loading import check_adapter, context_length, load_tokenizer, resolve_model_path
 
@@ -165,3 +182,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         return [evaluate_ratio(run, examples, shared) for run in config.plan()]
     finally:
         shared.close()  # stop the engine while the interpreter is whole (vLLM's processes)
+
+
+if __name__ == "__main__":  # how a data-parallel rank starts (python -m tokenskip.stages.evaluate)
+    with user_errors():
+        main()

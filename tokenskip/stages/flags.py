@@ -19,3 +19,16 @@ def add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, dty
                device_help: str = DEVICE_HELP) -> None:
     parser.add_argument("--device", default="auto", help=device_help)
     parser.add_argument("--dtype", default="auto", choices=DTYPES, help=dtype_help)
+
+
+def add_shard_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, unit: str) -> None:
+    """--num-shards, --shard-index and --merge-shards, for a stage whose work splits by `unit`."""
+    parser.add_argument("--num-shards", type=int, default=1, metavar="K",
+                        help=f"split the job into K shards by {unit}; run each with --shard-index (any launcher: "
+                             "a SLURM array, torchrun, a Kubernetes job), then once more with --merge-shards")
+    parser.add_argument("--shard-index", type=int, default=None, metavar="I",
+                        help="run shard I (0 .. K-1) alone; it writes into {run folder}/shards/I-of-K/ and can be "
+                             "rerun alone (it resumes)")
+    parser.add_argument("--merge-shards", action="store_true",
+                        help="merge the K finished shards into the run folder's files, exactly as the unsharded run "
+                             "writes them (the same flags as the shards, without --shard-index)")
