@@ -284,12 +284,13 @@ class WordDropScorer:
 
     name = "worddrop"
     device = "cpu (a rule, no model)"
+    file_stem = "train_outputs_compressed_ratio"  # tokenskip.core.layout.RATIO_FILE_STEM (checked in __init__)
 
     def __init__(self, tokenizer_path: Path):
         from tokenskip.compression.driver import token_counter
         from tokenskip.core import layout
 
-        self.file_stem = layout.RATIO_FILE_STEM
+        assert self.file_stem == layout.RATIO_FILE_STEM
         self.count_tokens = token_counter(str(tokenizer_path))
 
     def check_ratios(self, ratios: Sequence[float]) -> None:
@@ -304,7 +305,11 @@ class WordDropScorer:
     def select(self, scored: DropPlan, ratio: float) -> str:
         return apply_word_drop(scored, ratio)
 
-    def ratio_report(self, cots, compressed, scored=None) -> dict:
+    def cot_counts(self, cot, compressed, scored) -> dict:
+        return {}
+
+    @classmethod
+    def report_from_counts(cls, totals) -> dict:
         return {}
 
 
@@ -595,7 +600,7 @@ class Bench:
         with contextlib.redirect_stdout(printed):
             run_stage(predictions, folder, model_type=MODEL_TYPE, max_cot_tokens=500, tokenizer_path=str(MODEL),
                       ratios=list(TRAIN_RATIOS), make_scorer=lambda: WordDropScorer(MODEL),
-                      scorer_model="FUNCTION_WORDS rule")
+                      scorer_model="FUNCTION_WORDS rule", scorer_type=WordDropScorer)
         (self.log_dir / f"{step}.log").write_text(printed.getvalue(), encoding="utf-8")
         return time.monotonic() - started
 

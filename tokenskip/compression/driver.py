@@ -12,6 +12,7 @@ bad flag, an interrupted scorer) leaves the previous run's files exactly as they
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Sequence
 
 from tokenskip.compression.scorers import CoT, Scorer
+from tokenskip.compression.scorers.base import add_counts
 from tokenskip.core import layout
 from tokenskip.core.errors import UsageError
 from tokenskip.core.jsonio import write_json_atomic, write_jsonl_atomic
 from tokenskip.core.locking import locked
+from tokenskip.core.shards import ShardPlan
 from tokenskip.data.records import (
     CompressedCoT,
     FormattedCoT,
@@ -227,38 +230,47 @@ def compressed_line(record: FormattedCoT, cot: str, compressed: str, original_to
     }
 
 
-def compress_cots(prepared: PreparedCoTs, scorer: Scorer, ratios: Sequence[float],
-                  count_tokens) -> tuple[dict[float, list[dict]], dict]:
-    """Step 3: every CoT at every ratio from one scoring pass, as each ratio file's lines, and the summary."""
-    records = prepared.records
+def compress_cots(records: list[FormattedCoT], scorer: Scorer, ratios: Sequence[float],
+                  count_tokens) -> tuple[dict[float, list[dict]], list[dict]]:
+    """Step 3: every CoT at every ratio from one scoring pass, as each ratio file's lines, and each
+    CoT's counts behind the summary's scorer-specific figures (Scorer.cot_counts)."""
     cots = [CoT(text=r["cot"], question=question_of(r), answer=str(r["prediction"])) for r in records]
     scorer.check_ratios(ratios)
     scored = scorer.score(cots)
     compressed = [{ratio: scorer.select(one, ratio) for ratio in ratios} for one in scored]
     original_tokens = [count_tokens(cot.text) for cot in cots]
-    lines_by_ratio, per_ratio = {}, {}
-    for ratio in ratios:
-        lines = [compressed_line(record, cot.text, texts[ratio], n, count_tokens(texts[ratio]))
-                 for record, cot, texts, n in zip(records, cots, compressed, original_tokens)]
-        lines_by_ratio[ratio] = lines
+    lines_by_ratio = {ratio: [compressed_line(record, cot.text, texts[ratio], n, count_tokens(texts[ratio]))
+                              for record, cot, texts, n in zip(records, cots, compressed, original_tokens)]
+                      for ratio in ratios}
+    counts = [scorer.cot_counts(cot, texts, one) for cot, texts, one in zip(cots, compressed, scored)]
+    return lines_by_ratio, counts
+
+
+def summarize(prepared: PreparedCoTs, scorer: type[Scorer], lines_by_ratio: dict[float, list[dict]],
+              counts: list[dict]) -> dict:
+    """compression_summary.json, from the ratio files' lines and the CoTs' counts, in CoT order."""
+    per_ratio = {}
+    for ratio, lines in lines_by_ratio.items():
         per_ratio[str(ratio)] = {
             "target": ratio,
             "mean_actual_ratio": sum(line["compression_rate"] for line in lines) / len(lines),
             "mean_original_tokens": sum(line["original_cot_tokens"] for line in lines) / len(lines),
             "mean_compressed_tokens": sum(line["compressed_cot_tokens"] for line in lines) / len(lines),
         }
-    for ratio, extra in scorer.ratio_report(cots, compressed, scored).items():
+    totals: dict[float, dict[str, float]] = {}
+    for one in counts:
+        add_counts(totals, one)
+    for ratio, extra in scorer.report_from_counts(totals).items():
         per_ratio[str(ratio)].update(extra)
-    summary = {
+    return {
         "method": scorer.name,
         "file_stem": scorer.file_stem,
         "n_predictions": prepared.n_predictions,
         "n_correct": prepared.n_correct,
-        "n_compressed": len(records),
+        "n_compressed": len(prepared.records),
         "dropped": dict(sorted(prepared.dropped.items())),
         "ratios": per_ratio,
     }
-    return lines_by_ratio, summary
 
 
 def write_outputs(samples: Path, out_folder: Path, prepared: PreparedCoTs, lines_by_ratio: dict[float, list[dict]],
@@ -272,9 +284,11 @@ def write_outputs(samples: Path, out_folder: Path, prepared: PreparedCoTs, lines
 
 
 def run_stage(predictions: Path, out_folder: Path, *, model_type: str, max_cot_tokens: int,
-              tokenizer_path: str | None, ratios: Sequence[float], make_scorer, scorer_model: str) -> dict:
+              tokenizer_path: str | None, ratios: Sequence[float], make_scorer, scorer_model: str,
+              scorer_type: type[Scorer], shards: ShardPlan = ShardPlan(), call: dict | None = None) -> dict:
     """The whole of a stage-2 script once its input, output and scorer are known: prepare the CoTs,
     then load the scorer (`make_scorer()`, after the data checks), compress, and write every file.
+    With shards, one shard's share or the merge of all (tokenskip/compression/shards.py).
 
     Stage 2 writes next to stage 1's predictions and into `out_folder`, so it holds both folders'
     locks throughout: a second run on either fails at once, naming this one.
@@ -285,16 +299,48 @@ def run_stage(predictions: Path, out_folder: Path, *, model_type: str, max_cot_t
         raise UsageError(f"stage-1 predictions not found: {predictions} (it is written by {STAGE1})")
     samples = predictions.parent
     model_type = recorded_model_type(predictions, model_type)
-    with locked(samples, out_folder):
-        count_tokens = token_counter(target_tokenizer_path(predictions, tokenizer_path))
-        prepared = prepare(predictions, model_type=model_type, max_cot_tokens=max_cot_tokens,
-                           count_tokens=count_tokens)
-        scorer = make_scorer()
-        print(f"Compressing {len(prepared.records)} CoTs with {scorer.name} ({scorer_model}) on {scorer.device}")
-        lines_by_ratio, summary = compress_cots(prepared, scorer, ratios, count_tokens)
-        write_outputs(samples, out_folder, prepared, lines_by_ratio, summary)
+    job = Stage2Job(predictions, model_type, max_cot_tokens, target_tokenizer_path(predictions, tokenizer_path),
+                    tuple(ratios), scorer_type, scorer_model, dict(call or {}))
+    if shards.shard:
+        from tokenskip.compression.shards import run_shard
+
+        return run_shard(job, out_folder, shards.shard, make_scorer)
+    if shards.merge:
+        from tokenskip.compression.shards import merge_shards
+
+        summary = merge_shards(job, out_folder, shards)
+    else:
+        with locked(samples, out_folder):
+            prepared = job.prepare()
+            scorer = make_scorer()
+            print(f"Compressing {len(prepared.records)} CoTs with {scorer.name} ({scorer_model}) on {scorer.device}")
+            lines_by_ratio, counts = compress_cots(prepared.records, scorer, ratios, job.count_tokens)
+            summary = summarize(prepared, scorer_type, lines_by_ratio, counts)
+            write_outputs(samples, out_folder, prepared, lines_by_ratio, summary)
     print_compression_summary(summary, out_folder)
     return summary
+
+
+@dataclass(frozen=True)
+class Stage2Job:
+    """One stage-2 call's input and settings, which every shard of it must share."""
+
+    predictions: Path
+    model_type: str
+    max_cot_tokens: int
+    tokenizer_path: str
+    ratios: tuple[float, ...]
+    scorer_type: type[Scorer]
+    scorer_model: str
+    call: dict  # the stage's flags, recorded by each shard
+
+    @functools.cached_property
+    def count_tokens(self):
+        return token_counter(self.tokenizer_path)
+
+    def prepare(self) -> PreparedCoTs:
+        return prepare(self.predictions, model_type=self.model_type, max_cot_tokens=self.max_cot_tokens,
+                       count_tokens=self.count_tokens)
 
 
 def print_compression_summary(summary: dict, out_folder: Path) -> None:

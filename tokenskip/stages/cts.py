@@ -18,6 +18,7 @@ from tokenskip.core import layout
 from tokenskip.core.cli import StageParser
 from tokenskip.core.errors import UsageError
 from tokenskip.core.ratios import DEFAULT_RATIOS, parse_ratios
+from tokenskip.core.shards import shard_plan
 from tokenskip.models import embedded
 from tokenskip.stages import flags
 
@@ -74,6 +75,7 @@ def build_parser() -> StageParser:
              "at most half of --max-batch-tokens); longer CoTs are scored in sliding windows")
     add("--stride", type=int, default=None,
         help="--selection answer: new CoT tokens each later window scores (default: half the window's room)")
+    flags.add_shard_flags(parser.add_argument_group("scaling out (README: Scaling out)"), unit="CoTs")
     return parser
 
 
@@ -96,6 +98,7 @@ def default_output_folder(predictions: Path, scorer: type = CTSScorer) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     ratios = chosen_ratios(args.compression_ratio, args.ratios)
+    plan = shard_plan(args)
     scorer_class = SELECTIONS[args.selection]
     if args.max_thinking_tokens is not None and args.selection != "authors":
         raise UsageError("--max-thinking-tokens applies to --selection authors only")
@@ -120,4 +123,5 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     return driver.run_stage(predictions, out_folder, model_type=args.model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
-                              make_scorer=make_scorer, scorer_model=reference_model)
+                              make_scorer=make_scorer, scorer_model=reference_model, scorer_type=scorer_class,
+                              shards=plan, call=flags.recorded_call(args))

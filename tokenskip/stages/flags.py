@@ -32,3 +32,12 @@ def add_shard_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *
     parser.add_argument("--merge-shards", action="store_true",
                         help="merge the K finished shards into the run folder's files, exactly as the unsharded run "
                              "writes them (the same flags as the shards, without --shard-index)")
+
+
+SHARD_FLAGS = ("num_shards", "shard_index", "merge_shards")
+
+
+def recorded_call(args: argparse.Namespace) -> dict:
+    """A call's flags as its shards record them: every shard and the merge must give the same ones
+    (the shard flags aside)."""
+    return {key: value for key, value in sorted(vars(args).items()) if key not in SHARD_FLAGS}

@@ -16,6 +16,7 @@ from tokenskip.core import layout
 from tokenskip.core.cli import StageParser
 from tokenskip.core.errors import UsageError
 from tokenskip.core.ratios import DEFAULT_RATIOS, parse_ratios
+from tokenskip.core.shards import shard_plan
 from tokenskip.data.benchmarks import TRAIN_BENCHMARKS
 from tokenskip.models.loading import looks_like_hub_id
 from tokenskip.stages import flags
@@ -49,6 +50,7 @@ def build_parser(method: str) -> StageParser:
         parser, dtype_help="auto: float32 on CPU, bf16 (or fp16) on GPU; float32 matches llmlingua most closely")
     add("--batch-size", type=int, default=None,
         help="512-token chunks per forward pass (default: 4 on CPU, 64 on GPU)")
+    flags.add_shard_flags(parser.add_argument_group("scaling out (README: Scaling out)"), unit="CoTs")
     return parser
 
 
@@ -76,6 +78,7 @@ def resolve_llmlingua(path: str) -> str:
 def main_for(method: str, argv: Sequence[str] | None) -> dict:
     args = build_parser(method).parse_args(argv)
     ratios = parse_ratios(args.ratios)
+    plan = shard_plan(args)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be positive")
     input_dir = Path(args.input_dir or layout.default_model_dir(args.benchmark, args.model_size))
@@ -97,7 +100,8 @@ def main_for(method: str, argv: Sequence[str] | None) -> dict:
 
     return driver.run_stage(predictions, layout.compression_dir(input_dir, method), model_type=model_type,
                               max_cot_tokens=args.max_cot_tokens, tokenizer_path=args.tokenizer_path, ratios=ratios,
-                              make_scorer=make_scorer, scorer_model=llmlingua_path)
+                              make_scorer=make_scorer, scorer_model=llmlingua_path, scorer_type=scorer_type,
+                              shards=plan, call=flags.recorded_call(args))
 
 
 def llmlingua_main(argv: Sequence[str] | None = None) -> dict:

@@ -48,8 +48,35 @@ class Scorer(ABC):
         self.check_ratios(ratios)
         return [{ratio: self.select(scored, ratio) for ratio in ratios} for scored in self.score(cots)]
 
+    # The stage summary's scorer-specific numbers per ratio are made in two steps, so that a sharded
+    # stage 2 merges to the same summary: each CoT's additive counts (`cot_counts`), summed over the
+    # CoTs in order (`add_counts`), then turned into the figures (`report_from_counts`).
+    report_needs_scores: ClassVar[bool] = False  # whether `cot_counts` reads the CoT's `score` result
+
+    def cot_counts(self, cot: CoT, compressed: dict[float, str], scored: Any) -> dict[float, dict[str, float]]:
+        """One CoT's additive numbers per ratio behind the summary's figures (none by default)."""
+        return {}
+
+    @classmethod
+    def report_from_counts(cls, totals: dict[float, dict[str, float]]) -> dict[float, dict]:
+        """The summary's figures per ratio, from the counts of every CoT summed (none by default)."""
+        return {}
+
     def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
                      scored: Sequence[Any] | None = None) -> dict[float, dict]:
-        """Scorer-specific numbers per ratio for the stage's summary (none by default), from the CoTs,
-        their compressed texts and, for scorers whose numbers need them, their `score` results."""
-        return {}
+        """The figures for these CoTs and their compressed texts; `scored` is `score(cots)` when the
+        caller has it (scorers whose counts need it score the CoTs again without it)."""
+        if scored is None:
+            scored = self.score(cots) if self.report_needs_scores else [None] * len(cots)
+        totals: dict[float, dict[str, float]] = {}
+        for cot, texts, one in zip(cots, compressed, scored):
+            add_counts(totals, self.cot_counts(cot, texts, one))
+        return self.report_from_counts(totals)
+
+
+def add_counts(totals: dict[float, dict[str, float]], counts: dict[float, dict[str, float]]) -> None:
+    """Add one CoT's counts into `totals` (in place)."""
+    for ratio, values in counts.items():
+        bucket = totals.setdefault(ratio, {})
+        for key, value in values.items():
+            bucket[key] = bucket.get(key, 0) + value

@@ -223,20 +223,22 @@ class AuthorsCTSScorer(Scorer):
         with self._mode(serving=scored.first_window):
             return self._call(scored.thinking, scored.question, ratio)["compressed_prompt"]
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
-                     scored: Sequence[AuthorsScoredCoT] | None = None) -> dict[float, dict]:
-        """Per ratio, the share of CoTs from which nothing was pruned, and how many were cut to the
+    report_needs_scores = True
+
+    def cot_counts(self, cot: CoT, compressed: dict[float, str],
+                   scored: AuthorsScoredCoT) -> dict[float, dict[str, float]]:
+        """Per ratio, whether nothing was pruned from the CoT, and whether it was cut to the
         thinking-token budget. An unpruned CoT comes back as its tokens decoded, which the
         tokenizer's `clean_up_tokenization_spaces` may change ("= .4" -> "=.4"): either text counts."""
-        if scored is None:
-            scored = self.score(cots)
-        unpruned_texts = [{one.thinking, self.unpruned(one.thinking)} for one in scored]
-        report = {}
-        for ratio in compressed[0] if compressed else ():
-            unpruned = sum(texts[ratio] in same for texts, same in zip(compressed, unpruned_texts))
-            report[ratio] = {"share_unpruned": unpruned / len(compressed),
-                             "n_cut_to_max_thinking_tokens": sum(one.cut for one in scored)}
-        return report
+        same = {scored.thinking, self.unpruned(scored.thinking)}
+        return {ratio: {"cots": 1, "unpruned": int(text in same), "cut": int(scored.cut)}
+                for ratio, text in compressed.items()}
+
+    @classmethod
+    def report_from_counts(cls, totals: dict[float, dict[str, float]]) -> dict[float, dict]:
+        """Per ratio, the share of CoTs from which nothing was pruned, and how many were cut."""
+        return {ratio: {"share_unpruned": sums["unpruned"] / sums["cots"],
+                        "n_cut_to_max_thinking_tokens": sums["cut"]} for ratio, sums in totals.items()}
 
     def unpruned(self, thinking: str) -> str:
         """The thinking as llmlingua returns it when it prunes nothing: its tokens, decoded."""

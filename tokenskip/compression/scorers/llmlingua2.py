@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenskip.compression.scorers.base import CoT, Scorer
 from tokenskip.core.errors import UsageError, first_line
@@ -163,15 +163,19 @@ class LLMLingua2Scorer(Scorer):
         """Each text compressed at each ratio, from one classification of each text."""
         return self.compress([CoT(text) for text in texts], ratios)
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
-                     scored: Sequence[ScoredText] | None = None) -> dict[float, dict]:
-        """The mean kept share in llmlingua's own (cl100k) tokens, the figure its `rate` field reports."""
-        sizes = [self.llmlingua_token_count(cot.text) for cot in cots]
-        report = {}
-        for ratio in compressed[0] if compressed else ():
-            shares = [self.llmlingua_token_count(c[ratio]) / n for c, n in zip(compressed, sizes) if n]
-            report[ratio] = {"mean_cl100k_ratio": sum(shares) / len(shares) if shares else 1.0}
-        return report
+    def cot_counts(self, cot: CoT, compressed: dict[float, str], scored: Any) -> dict[float, dict[str, float]]:
+        """The CoT's kept share in llmlingua's own (cl100k) tokens (a CoT of no such token counts for nothing)."""
+        size = self.llmlingua_token_count(cot.text)
+        if not size:
+            return {ratio: {"cl100k_share": 0.0, "cl100k_cots": 0} for ratio in compressed}
+        return {ratio: {"cl100k_share": self.llmlingua_token_count(text) / size, "cl100k_cots": 1}
+                for ratio, text in compressed.items()}
+
+    @classmethod
+    def report_from_counts(cls, totals: dict[float, dict[str, float]]) -> dict[float, dict]:
+        """The mean kept share in cl100k tokens, the figure llmlingua's `rate` field reports."""
+        return {ratio: {"mean_cl100k_ratio": sums["cl100k_share"] / sums["cl100k_cots"] if sums["cl100k_cots"]
+                        else 1.0} for ratio, sums in totals.items()}
 
     def score(self, cots: Sequence[CoT | str]) -> list[ScoredText]:
         """Classify every chunk of every CoT once; the result serves every compression ratio.

@@ -140,19 +140,22 @@ class NERScorer(LLMLingua2Scorer):
             chunks.append(ScoredChunk(chunk.words, probs))
         return EntityScoredText(chunks, [words for words in words_of_entity if words])
 
-    def ratio_report(self, cots: Sequence[CoT], compressed: Sequence[dict[float, str]],
-                     scored: Sequence[EntityScoredText] | None = None) -> dict[float, dict]:
-        """Per ratio: the share of detected entities whose every word survived pruning.
+    report_needs_scores = True  # the entities are found by `score`
 
-        `scored` is `score(cots)`, which the stage already has; without it the CoTs are scored again.
-        """
-        report = super().ratio_report(cots, compressed)
-        scored = self.score(cots) if scored is None else scored
-        for ratio in report:
-            kept = total = 0
-            for boosted in scored:
-                kept_words = {(c, w) for c, words in enumerate(self.kept_per_chunk(boosted, ratio)) for w in words}
-                total += len(boosted.entity_words)
-                kept += sum(all(word in kept_words for word in words) for words in boosted.entity_words)
-            report[ratio]["entity_preservation"] = kept / total if total else 1.0
+    def cot_counts(self, cot: CoT, compressed: dict[float, str],
+                   scored: EntityScoredText) -> dict[float, dict[str, float]]:
+        """LLMLingua-2's counts, and per ratio the CoT's entities and those whose every word survived."""
+        counts = super().cot_counts(cot, compressed, scored)
+        for ratio in compressed:
+            kept_words = {(c, w) for c, words in enumerate(self.kept_per_chunk(scored, ratio)) for w in words}
+            kept = sum(all(word in kept_words for word in words) for words in scored.entity_words)
+            counts[ratio].update(entities=len(scored.entity_words), entities_kept=kept)
+        return counts
+
+    @classmethod
+    def report_from_counts(cls, totals: dict[float, dict[str, float]]) -> dict[float, dict]:
+        """Per ratio, with LLMLingua-2's figures: the share of detected entities whose every word survived."""
+        report = super().report_from_counts(totals)
+        for ratio, sums in totals.items():
+            report[ratio]["entity_preservation"] = sums["entities_kept"] / sums["entities"] if sums["entities"] else 1.0
         return report
