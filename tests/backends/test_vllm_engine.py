@@ -193,6 +193,45 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
                         records(adapter_runs.root / "hf8", "Original/test"))
 
 
+# ---------------------------------------------------------------- data parallel: one engine per rank
+
+
+@pytest.fixture(scope="module")
+def data_parallel(tmp_path_factory, smollm2_dir, adapters):
+    """--data-parallel-size 2 on the real engine (a core per rank), the base model and the rank-8 LoRA in
+    one call, against one transformers process."""
+    root = tmp_path_factory.mktemp("vllm-dp")
+    common = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--eval_batch_size", "2",
+              "--adapter-path", adapters[8], "--runs", "original", "tokenskip", "--compression_ratio", "0.5"]
+    result = vllm_run(smollm2_dir, root / "dp", *common, "--data-parallel-size", "2", log=root / "dp.log")
+    hf_run(smollm2_dir, root / "hf", *common, log=root / "hf.log")
+    rank_1 = (root / "dp" / "135m" / "logs" / "rank-1.log").read_text()
+    return SimpleNamespace(root=root, rank_0=result.stdout + result.stderr, rank_1=rank_1)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two ranks need two cores")
+def test_data_parallel_ranks_merge_to_one_process_answers(data_parallel):
+    for folder in ("Original/test", "TokenSkip/0.5"):
+        assert_same_outputs(records(data_parallel.root / "dp", folder), records(data_parallel.root / "hf", folder))
+        assert metrics(data_parallel.root / "dp", folder)["merged_shards"] == 2
+    # each rank ran its own engine, on its own core
+    for log, core in ((data_parallel.rank_0, 0), (data_parallel.rank_1, 1)):
+        assert log.count("Initializing a V1 LLM engine") == 1
+        assert f"core ids=[{core}]" in log or os.cpu_count() > 4
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two ranks need two cores")
+def test_the_lora_request_reaches_every_rank(data_parallel):
+    """The adapter's answers of rank 1's share are the adapter's, not the base model's (a harness once
+    dropped LoRA requests under vLLM data parallel)."""
+    shard = samples(data_parallel.root / "dp", "TokenSkip/0.5") / "shards" / "1-of-2" / "predictions.jsonl"
+    mine = [json.loads(line) for line in shard.read_text().splitlines()]
+    base = {r["id"]: r["model_output"] for r in records(data_parallel.root / "hf", "Original/test")}
+    tuned = {r["id"]: r["model_output"] for r in records(data_parallel.root / "hf", "TokenSkip/0.5")}
+    assert mine and all(r["model_output"] == tuned[r["id"]] for r in mine)
+    assert sum(r["model_output"] != base[r["id"]] for r in mine) >= len(mine) // 2
+
+
 # ---------------------------------------------------------------- sampling, kill -9, resume, one writer
 
 

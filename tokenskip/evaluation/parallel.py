@@ -16,22 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenskip.core.devices import visible_gpus
 from tokenskip.core.errors import UsageError
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [gpu for gpu in listed.split(",") if gpu.strip() and gpu.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except ImportError:  # the parent needs no torch to launch ranks
-        return []
 
 
 def rank_environments(size: int, tensor_parallel: int, gpus: Sequence[str], cores: Sequence[int]) -> list[dict]:
