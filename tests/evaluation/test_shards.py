@@ -152,3 +152,33 @@ def test_data_parallel_ranks_with_the_adapter_merge_to_the_single_process_run(ti
     assert any(outputs[r["id"]] != r["model_output"] for r in shard_1)  # ...its answers are not the base model's
     assert base["use_adapter"] is False
     assert (two / "tiny/logs/rank-1.log").is_file()
+
+
+def test_more_shards_than_batches_leaves_empty_shards_that_merge(tiny_lm_dir, tmp_path):
+    """6 questions in batches of 3 are 2 batches: shards 2 and 3 of 4 have nothing to do."""
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    evaluate.main(cli_args(tiny_lm_dir, single, *common("--max_num_examples", "6")))
+    args = cli_args(tiny_lm_dir, sharded, *common("--max_num_examples", "6"), "--num-shards", "4")
+    for index in range(4):
+        evaluate.main([*args, "--shard-index", str(index)])
+    for empty in ("2-of-4", "3-of-4"):
+        assert (sharded / SAMPLES / "shards" / empty / "predictions.jsonl").read_text() == ""
+    evaluate.main([*args, "--merge-shards"])
+    assert_same_run(sharded, single)
+
+
+def test_engines_that_schedule_each_request_alone_shard_by_question(tiny_lm_dir, tmp_path):
+    """vLLM's chunk of 512 prompts would make a 40-question job one shard: shards split by question."""
+    from tokenskip.core.shards import Shard
+    from tokenskip.data import benchmarks as data
+    from tokenskip.evaluation.run import Job
+
+    examples = [data.Example(id=f"q{i}", question=f"Q{i}", answer="1", reference="") for i in range(10)]
+    batch = list(reversed(examples))  # longest first
+    job = Job(examples, {}, [], [batch], chunk_size=512, shard_by_batch=False)
+    shares = [job.share(Shard(i, 3)) for i in range(3)]
+    assert [len(mine) for mine, _ in shares] == [4, 3, 3]
+    assert sorted(e.id for mine, _ in shares for e in mine) == sorted(e.id for e in examples)
+    assert [e.id for e in shares[0][0]] == ["q0", "q3", "q6", "q9"]  # question order within a share
+    by_batch = Job(examples, {}, [], [batch], chunk_size=512, shard_by_batch=True)
+    assert [len(by_batch.share(Shard(i, 3))[0]) for i in range(3)] == [10, 0, 0]

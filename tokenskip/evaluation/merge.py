@@ -59,7 +59,8 @@ def merge_shards(config: EvalConfig, examples: list[data.Example], shared: Share
                                  "of its share; delete that folder and rerun the shard")
             records.update((record["id"], record) for record in found)
             timings += read_jsonl(folder / GENERATION_LOG, what="shard generation log")
-            engines.append({key: recorded[key] for key in ENGINE_KEYS if recorded.get(key) is not None})
+            if found:  # a shard with an empty share never started an engine
+                engines.append({key: recorded[key] for key in ENGINE_KEYS if recorded.get(key) is not None})
         if any(engine != engines[0] for engine in engines):
             raise UsageError(f"the shards ran on different engines ({engines}); rerun them alike")
         claim_run_folder(samples_dir, settings)  # only now: a refused merge leaves no trace

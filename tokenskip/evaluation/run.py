@@ -121,13 +121,22 @@ class Job:
     skipped: list[str]  # ids left out by --overlong skip
     batches: list[list[data.Example]]
     chunk_size: int
+    # how shards split the job: by the plan's batches where a batch's make-up decides its outputs
+    # (transformers pads a batch together), else by question (vLLM and servers schedule each request
+    # on its own, and a chunk is only how much reaches the disk at once: 512 prompts would be one shard)
+    shard_by_batch: bool = True
 
     def share(self, shard: Shard | None) -> tuple[list[data.Example], list[list[data.Example]]]:
-        """A shard's examples (in question order) and batches: every K-th batch of the plan, so each
-        batch is the very batch the unsharded run generates (same padding, same outputs)."""
+        """A shard's examples (in question order) and batches. By batch: every K-th batch of the plan,
+        each the very batch the unsharded run generates (same padding, same outputs). By question:
+        every K-th question of the longest-first order, so the shares weigh alike, chunked again."""
         if shard is None:
             return self.examples, self.batches
-        batches = shard.take(self.batches)
+        if self.shard_by_batch:
+            batches = shard.take(self.batches)
+        else:
+            ordered = shard.take([example for batch in self.batches for example in batch])
+            batches = [ordered[i:i + self.chunk_size] for i in range(0, len(ordered), self.chunk_size)]
         mine = {example.id for batch in batches for example in batch}
         return [example for example in self.examples if example.id in mine], batches
 
@@ -138,7 +147,8 @@ def plan_job(config: EvalConfig, examples: list[data.Example], shared: SharedMod
                                     max_new_tokens, config.overlong)
     examples = expand_samples(examples, config.n_samples, prompt_of)
     size = chunk_size(config, config.backend)
-    return Job(examples, prompt_of, skipped, plan_batches(examples, prompt_of, shared.count_tokens, size), size)
+    return Job(examples, prompt_of, skipped, plan_batches(examples, prompt_of, shared.count_tokens, size), size,
+               shard_by_batch=config.backend == "hf")
 
 
 def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: SharedModel, samples_dir: Path,
@@ -150,6 +160,13 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
         claim_shard(samples_dir, shard, job)
     examples, batches = job.share(shard)
     prompt_of = job.prompt_of
+    if not examples:  # more shards than the job has batches (or questions): nothing to do but say so
+        write_jsonl_atomic(samples_dir / PREDICTIONS, [])
+        write_jsonl_atomic(samples_dir / GENERATION_LOG, [])
+        metrics = {"shard": [shard.index, shard.count], "n_samples": 0}
+        write_json_atomic(samples_dir / METRICS, metrics)
+        print(f"{shard}: no questions in its share of {len(job.examples)}; done")
+        return metrics
     print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions"
           + (f", {shard} of {len(job.examples)}" if shard else "") + ")"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
@@ -215,7 +232,7 @@ def claim_shard(folder: Path, shard: Shard, job: Job) -> None:
 
 def shard_record(shard: Shard, job: Job) -> dict:
     return {"index": shard.index, "num_shards": shard.count, "chunk_size": job.chunk_size,
-            "n_questions": len(job.examples)}
+            "by": "batch" if job.shard_by_batch else "question", "n_questions": len(job.examples)}
 
 
 def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
