@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_vllm import run as run_evaluation  # noqa: E402  (bench/ is this script's folder)
 
 from tokenskip.models import embedded  # noqa: E402
 
@@ -30,14 +30,8 @@ SAMPLES = Path("135m") / "Original" / "test" / "samples"
 
 
 def run(python: Path | str, out: Path, model: Path, data: Path, *extra: str) -> dict:
-    args = [str(python), "evaluation.py", "--model-path", str(model), "--output-dir", str(out), "--model-size", "135m",
-            "--data-path", str(data), *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    start = time.perf_counter()
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{(result.stdout + result.stderr)[-3000:]}")
+    """One evaluation.py command (bench_vllm.py's runner): its wall time and its output tokens."""
+    wall = run_evaluation(python, out, model, data, *extra)["wall_s"]
     records = [json.loads(line) for line in (out / SAMPLES / "predictions.jsonl").read_text().splitlines()]
     tokens = sum(record["output_tokens"] for record in records)
     return {"wall_s": round(wall, 1), "output_tokens": tokens, "tokens_per_s": round(tokens / wall, 1),
@@ -68,7 +62,8 @@ def main() -> None:
                              "speedup": round(one["wall_s"] / result["wall_s"], 2),
                              "identical_to_k1": result["predictions"] == one["predictions"]})
                 print(json.dumps(rows[-1]), flush=True)
-    print("\n| backend | K | wall (s) | output tok/s | speed-up vs K=1 | predictions = K=1 |\n|---|---|---|---|---|---|")
+    print("\n| backend | K | wall (s) | output tok/s | speed-up vs K=1 | predictions = K=1 |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['backend']} | {row['shards']} | {row['wall_s']} | {row['tokens_per_s']} | {row['speedup']} | "
               f"{'byte-identical' if row['identical_to_k1'] else 'DIFFERENT'} |")
