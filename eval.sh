@@ -40,6 +40,12 @@ SERVER_URL="${SERVER_URL:-}"          # BACKEND=server: the OpenAI-compatible en
 SERVED_MODEL="${SERVED_MODEL:-}"      # BACKEND=server: the base model's served name (empty: the only one served)
 SERVED_ADAPTER="${SERVED_ADAPTER:-}"  # BACKEND=server: the adapter's served name (vllm serve --lora-modules)
 
+# Scaling out (README: Scaling out)
+DATA_PARALLEL_SIZE="${DATA_PARALLEL_SIZE:-1}"  # N engine replicas on this node, merged at the end
+NUM_SHARDS="${NUM_SHARDS:-1}"      # K shards for any launcher: SHARD_INDEX=i runs one, MERGE_SHARDS=1 merges
+SHARD_INDEX="${SHARD_INDEX:-}"     # e.g. SHARD_INDEX=$SLURM_ARRAY_TASK_ID
+MERGE_SHARDS="$(yes_no MERGE_SHARDS "${MERGE_SHARDS:-0}")"
+
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
@@ -59,6 +65,10 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --seed "$SEED" --benchmark "$BENCHMARK" --top_p "$TOP_P" --n_samples "$N_SAMPLES")
 [ -n "$EVAL_BATCH_SIZE" ] && args+=(--eval_batch_size "$EVAL_BATCH_SIZE")
 [ "$ENFORCE_EAGER" = 1 ] && args+=(--enforce-eager)
+[ "$DATA_PARALLEL_SIZE" != 1 ] && args+=(--data-parallel-size "$DATA_PARALLEL_SIZE")
+[ "$NUM_SHARDS" != 1 ] && args+=(--num-shards "$NUM_SHARDS")
+[ -n "$SHARD_INDEX" ] && args+=(--shard-index "$SHARD_INDEX")
+[ "$MERGE_SHARDS" = 1 ] && args+=(--merge-shards)
 [ -n "$SERVER_URL" ] && args+=(--server-url "$SERVER_URL")
 [ -n "$SERVED_MODEL" ] && args+=(--served-model "$SERVED_MODEL")
 [ -n "$SERVED_ADAPTER" ] && args+=(--served-adapter "$SERVED_ADAPTER")

@@ -168,3 +168,15 @@ def test_demo_prints_where_everything_went(fake, tmp_path):
     assert summary["compressed CoTs"] == f"{layout.compression_dir(model, 'cts')}/"
     runs = "{Original/test,TokenSkip/<γ>,Truncation/<γ>,PromptReduction/<γ>}"
     assert summary["evaluations"] == f"{model}/{runs}/samples/"
+
+
+# --- eval.sh: scaling out ----------------------------------------------------------------------
+
+def test_shard_and_data_parallel_settings_reach_evaluation(fake):
+    result, [call] = fake("eval.sh", NUM_SHARDS="4", SHARD_INDEX="2", USE_ADAPTER="0")
+    assert result.returncode == 0, result.stderr
+    assert values_of(call, "--num-shards") == ["4"] and values_of(call, "--shard-index") == ["2"]
+    result, [call] = fake("eval.sh", NUM_SHARDS="4", MERGE_SHARDS="yes", USE_ADAPTER="0")
+    assert "--merge-shards" in call and "--shard-index" not in call
+    result, [call] = fake("eval.sh", DATA_PARALLEL_SIZE="8", USE_ADAPTER="0")
+    assert values_of(call, "--data-parallel-size") == ["8"] and "--num-shards" not in call
