@@ -7,6 +7,7 @@ path from the folder name, hence FOLDER_NAMES; the toolkit's scorers must not ca
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from transformers import (
 
 from tokenskip.data.benchmarks import gsm8k_solution_as_output
 
-GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+# the shared data as the product finds it ($TOKENSKIP_DATA_DIR), else beside the checkout as CI lays it out
+DATA_DIR = Path(os.environ.get("TOKENSKIP_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+GSM8K_TRAIN = DATA_DIR / "gsm8k" / "train.jsonl"
 FOLDER_NAMES = {
     "xlm-roberta": "tiny-llmlingua-2-xlm-roberta-large-meetingbank",
     "bert": "tiny-llmlingua-2-bert-base-multilingual-cased-meetingbank",

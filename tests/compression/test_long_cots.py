@@ -40,7 +40,11 @@ QUESTION = "How many clips did Natalia sell in April and May?"
 def long_cot_text() -> str:
     """A reasoning text of ~5,000 classifier tokens (12 chunks): many solutions one after another,
     with a stretch of over 511 tokens that has no sentence end (llmlingua then cuts mid-sentence)."""
-    solutions = sample_cots(40, seed=3)
+    solutions = sample_cots(40, seed=3)  # 11,290 characters of GSM8K solutions
+    more = 40
+    while sum(map(len, solutions)) < 11_000:  # the synthetic ones (no shared data) are shorter: take more
+        more += 10
+        solutions = sample_cots(more, seed=3)
     middle = " and ".join(f"x + {i}" for i in range(200))
     return "\n".join(solutions[:20]) + "\nSo we add " + middle + " together.\n" + "\n\n".join(solutions[20:])
 
