@@ -64,7 +64,8 @@ def test_every_benchmark_has_a_folder_a_grader_and_its_hub_source():
     assert data.hub_split("gpqa", "test") == data.HubSplit("Idavidrein/gpqa", "gpqa_diamond", "train")
     assert data.hub_split("math", "train") == data.HubSplit("DigitalLearningGmbH/MATH-lighteval", None, "train")
     assert data.answer_format("gpqa") == "choice"
-    assert {data.answer_format(name) for name in ("gsm8k", "math", "aime24", "aime25")} == {"math"}
+    assert {data.answer_format(name) for name in ("math", "aime24", "aime25")} == {"math"}
+    assert data.answer_format("gsm8k") == "single"  # TokenSkip grades GSM8K on the last answer stated
     # every format is judged by the same grader names, so --grader means one thing everywhere
     assert len({tuple(graders) for graders in GRADERS_BY_FORMAT.values()}) == 1
 
@@ -370,7 +371,8 @@ def test_regrade_a_gpqa_predictions_file(tmp_path):
     assert [r["prediction"] for r in regraded] == [example.answer, example.answer, wrong]
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["n_invalid"] == 0
     assert data.record_answer_format(regraded[0]) == "choice"
-    assert data.record_answer_format({"dataset": "gsm8k-train"}) == data.record_answer_format({}) == "math"
+    assert data.record_answer_format({"dataset": "gsm8k-train"}) == "single"
+    assert data.record_answer_format({"dataset": "math-test"}) == data.record_answer_format({}) == "math"
 
 
 def test_download_writes_the_new_benchmarks_evaluation_reads(tmp_path, monkeypatch):

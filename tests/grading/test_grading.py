@@ -1,5 +1,8 @@
 """Answer equivalence, the Math-Verify grader, the time-limited worker pool, and the gold check
-that grading the datasets' own reference solutions gives (nearly) 100%."""
+that grading the datasets' own reference solutions gives (nearly) 100%.
+
+`is_equivalent` and `quick_verdict` are the "tokenskip-lenient" grader's equivalence; the default
+"tokenskip" grader (TokenSkip's own rules) is checked case for case in test_fidelity.py."""
 
 from __future__ import annotations
 
@@ -156,15 +159,24 @@ def test_the_primary_grader_decides_correct():
     assert grade.correct is False
 
 
-def test_cheap_requests_start_no_worker():
-    with Grader(graders=["tokenskip"]) as cheap:
-        grades = cheap.grade(
-            [
-                GradeRequest(r"The final answer is: $\boxed{72}$", "72"),
-                GradeRequest("so it is 0.5", r"\frac{1}{2}"),
-                GradeRequest(r"\boxed{1,000}", "1001"),
-            ]
-        )
+@pytest.mark.parametrize(
+    ("name", "requests"),
+    [
+        ("tokenskip", [  # TokenSkip's grading settles plain numbers without sympy
+            GradeRequest(r"The final answer is: $\boxed{72}$", "72"),
+            GradeRequest("so it is 0.5", "50"),  # 0.5 may be 50%
+            GradeRequest(r"\boxed{1,000}", "1001"),
+        ]),
+        ("tokenskip-lenient", [  # the lenient grader also fractions of integers
+            GradeRequest(r"The final answer is: $\boxed{72}$", "72"),
+            GradeRequest("so it is 0.5", r"\frac{1}{2}"),
+            GradeRequest(r"\boxed{1,000}", "1001"),
+        ]),
+    ],
+)
+def test_cheap_requests_start_no_worker(name, requests):
+    with Grader(name, graders=[name]) as cheap:
+        grades = cheap.grade(requests)
         assert [grade.correct for grade in grades] == [True, True, False]
         assert cheap._pool._workers == []
 

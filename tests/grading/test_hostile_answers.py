@@ -10,6 +10,7 @@ gold answer, in-process and through the worker pool with both graders; no sentin
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import sys
@@ -21,6 +22,7 @@ from types import CodeType
 import pytest
 
 from tokenskip.grading import graders as grading
+from tokenskip.grading import original
 from tokenskip.grading.equivalence import is_equivalent, math_verify_equivalent
 from tokenskip.grading.graders import Grader, GradeRequest
 from tokenskip.grading.parsing import normalize_answer
@@ -126,8 +128,14 @@ def breakpoint_runs_a_command():
 
 @pytest.fixture(scope="module")
 def grader(breakpoint_runs_a_command):
-    with Grader(timeout=TIMEOUT_S, workers=2) as shared:
+    with Grader(timeout=TIMEOUT_S, workers=2, graders=GRADER_NAMES) as shared:
         yield shared
+
+
+GRADER_NAMES = ["tokenskip", "tokenskip-lenient", "math-verify"]
+# TokenSkip's own grader reads these as `(1)`, as sympy's LaTeX parser in its (default) lenient mode
+# drops the rest: `\boxed{(1).real}` is correct against a gold 1 there, as in the original; nothing runs
+READ_AS_ONE_BY_TOKENSKIP = {"attribute_plain", "subclasses_plain"}
 
 
 def requests_for(answer: str) -> list[GradeRequest]:
@@ -212,8 +220,10 @@ def test_the_payloads_are_armed(tmp_path, monkeypatch):
 
 
 def test_hostile_answers_are_not_run_in_process(folder):
-    """`is_equivalent` and `math_verify_equivalent` called directly, with the answer on either side."""
+    """`is_equivalent`, TokenSkip's rules (`original`) and `math_verify_equivalent` called directly, with
+    the answer on either side."""
     is_equivalent("x^2", r"\frac{x}{2}")  # warm up: imports run code of their own
+    original.grade_math(r"\boxed{x^2}", r"\frac{x}{2}")
     math_verify_equivalent(r"$\boxed{x^2}$", "x")
     for payload in payloads(folder):
         answer = payload.answer
@@ -221,6 +231,10 @@ def test_hostile_answers_are_not_run_in_process(folder):
         def grade_both_ways():
             for prediction, reference in ((answer, "1"), ("1", answer), (answer, "x"), ("x", answer), (answer, answer)):
                 is_equivalent(prediction, reference)
+            # the default grader (TokenSkip's rules) turns text into sympy objects here, where the
+            # original called parse_expr and N(): its full verdicts run in the workers below
+            with contextlib.suppress(Exception):  # unparsable, or no number: only what ran matters
+                original.numeric_value(original.read_answer(original.normalize(answer)))
             for request in requests_for(answer):
                 math_verify_equivalent(request.model_output, request.reference)
 
@@ -231,7 +245,7 @@ def test_hostile_answers_are_not_run_in_process(folder):
 
 
 def test_hostile_answers_are_not_run_by_the_grader(grader, folder):
-    """The real `Grader`: both graders, worker processes, the answer as the model's and as the gold."""
+    """The real `Grader`: every grader, worker processes, the answer as the model's and as the gold."""
     corpus = payloads(folder)
     requests = [request for payload in corpus for request in requests_for(payload.answer)]
     grades = grader.grade(requests)
@@ -239,7 +253,9 @@ def test_hostile_answers_are_not_run_by_the_grader(grader, folder):
     assert len(grades) == len(requests)  # every record graded, none dropped
     for payload, start in zip(corpus, range(0, len(requests), len(requests_for("")))):
         against_one = grades[start]
-        assert against_one.verdicts == {"tokenskip": False, "math-verify": False}, payload.name
+        expected = {"tokenskip": payload.name in READ_AS_ONE_BY_TOKENSKIP, "tokenskip-lenient": False,
+                    "math-verify": False}
+        assert against_one.verdicts == expected, payload.name
 
 
 # ---------------------------------------------------------------- crashes are recorded, not fatal
@@ -286,7 +302,7 @@ def test_a_crash_in_the_in_process_shortcut_is_recorded(monkeypatch):
 def test_plain_expressions_still_parse_as_sympy_read_them():
     from sympy import E, I, Rational, Symbol, pi, sqrt
 
-    from tokenskip.grading.equivalence import _parse_plain
+    from tokenskip.grading.equivalence import parse_plain as _parse_plain
 
     x = Symbol("x")
     assert _parse_plain("sqrt(2)/2") == sqrt(2) / 2

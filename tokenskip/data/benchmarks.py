@@ -38,7 +38,9 @@ class HubSplit:
 @dataclass(frozen=True)
 class Benchmark:
     folder: str  # under datasets/ (and $TOKENSKIP_DATA_DIR): {folder}/{split}.jsonl
-    # "math": a final answer graded for equivalence; "choice": an option letter (grading.GRADERS_BY_FORMAT)
+    # how its answers are graded (grading.GRADERS_BY_FORMAT): "single", one final answer (GSM8K: TokenSkip
+    # grades the last one an output states); "math", every answer an output states against the gold's
+    # (TokenSkip's MATH grading); "choice", an option letter
     answer_format: str
     hub: dict[str, HubSplit]  # the splits it has, and where the hub keeps each
     gated: bool = False  # the hub asks users to accept its terms (and HF_TOKEN to prove it)
@@ -48,7 +50,7 @@ class Benchmark:
 # Hub names and fields as lighteval's task definitions use them (HuggingFaceH4/aime_2024 and
 # yentinglin/aime_2025: `problem`, `answer`; Idavidrein/gpqa, config gpqa_diamond, 198 questions).
 BENCHMARK_TABLE: dict[str, Benchmark] = {
-    "gsm8k": Benchmark("gsm8k", "math", {
+    "gsm8k": Benchmark("gsm8k", "single", {
         "train": HubSplit("openai/gsm8k", "main", "train"),
         "test": HubSplit("openai/gsm8k", "main", "test"),
     }, about="GSM8K (7,473 train, 1,319 test)"),
@@ -107,7 +109,7 @@ def default_path(benchmark: str, split: str, root: str | Path = "datasets") -> P
 
 
 def answer_format(benchmark: str) -> str:
-    """How `benchmark`'s answers are graded: "math" or "choice" (`grading.GRADERS_BY_FORMAT`)."""
+    """How `benchmark`'s answers are graded: "single", "math" or "choice" (`grading.GRADERS_BY_FORMAT`)."""
     return BENCHMARK_TABLE[benchmark].answer_format
 
 

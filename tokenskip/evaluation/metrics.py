@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+from tokenskip.grading.graders import GRADER_RULES
+
 
 def summarize(records: list[dict], *, primary: str, total_seconds: float | None, total_tokens: int | None,
               timings: list[dict] = ()) -> dict:
@@ -23,6 +25,7 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
         "tokens_per_second": total_tokens / total_seconds if total_seconds and total_tokens is not None else None,
         "n_invalid": sum(1 for r in records if not r["prediction"]),
         "grader": primary,
+        "grader_rules": GRADER_RULES.get(primary, ""),  # which rules decided `accuracy`
     }
     for name in sorted({name for r in records for name in r["grades"]} - {primary}):
         verdicts = [(bool(r["grades"][primary]), bool(r["grades"][name])) for r in records if name in r["grades"]]

@@ -13,6 +13,7 @@ import logging
 import math
 import operator
 import re
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from tokenskip.core.errors import UsageError
@@ -24,7 +25,7 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?%?", re.IGNORE
 _INTEGER_FRACTION = re.compile(r"(-?)(\d*)\\frac\{(\d+)\}\{(\d+)\}")  # also mixed numbers: 1\frac{4}{5}
 _MATRIX = re.compile(r"\\begin\{[pbvBV]?matrix\}(.*)\\end\{[pbvBV]?matrix\}", re.DOTALL)
 _UNORDERED_HINT = re.compile(r"separated by commas|comma[- ]separated", re.IGNORECASE)
-_PLAIN_EXPRESSION = re.compile(r"[\w\s.+\-*/^()]+")  # what `_parse_plain` is tried on
+_PLAIN_EXPRESSION = re.compile(r"[\w\s.+\-*/^()]+")  # what `parse_plain` is tried on
 
 
 # ---------------------------------------------------------------- the "tokenskip" equivalence
@@ -223,19 +224,26 @@ def _same_equation(pred_sides: list[str], ref_sides: list[str]) -> bool:
         return False
 
 
+def difference_is_zero(left: Any, right: Any) -> bool:
+    """`simplify(left - right) == 0`; False where sympy cannot take or simplify the difference."""
+    from sympy import simplify
+
+    try:
+        return bool(simplify(left - right) == 0)
+    except _RESOURCE_ERRORS:
+        raise
+    except Exception:
+        return False
+
+
 def _symbolically_equal(pred: str, ref: str) -> bool:
-    from sympy import N, simplify
+    from sympy import N
 
     pred_expr, ref_expr = _to_sympy(pred), _to_sympy(ref)
     if pred_expr is None or ref_expr is None:
         return False
-    try:
-        if simplify(pred_expr - ref_expr) == 0:
-            return True
-    except _RESOURCE_ERRORS:
-        raise
-    except Exception:
-        pass
+    if difference_is_zero(pred_expr, ref_expr):
+        return True
     try:
         return abs(complex(N(pred_expr)) - complex(N(ref_expr))) <= ABS_TOLERANCE
     except _RESOURCE_ERRORS:
@@ -247,15 +255,21 @@ def _symbolically_equal(pred: str, ref: str) -> bool:
 def _to_sympy(text: str) -> Any | None:
     """Parse LaTeX (or plain `sqrt(2)/2`-style text) into sympy; None when neither parser can.
 
-    Plain text with multi-letter names goes to `_parse_plain` first, since the LaTeX parser would
-    read `sqrt` as s*q*r*t. Neither parser runs any part of the text as Python (see `_parse_plain`).
+    Plain text with multi-letter names goes to `parse_plain` first, since the LaTeX parser would
+    read `sqrt` as s*q*r*t. Neither parser runs any part of the text as Python (see `parse_plain`).
     """
     # outside the try below: a broken LaTeX parser must raise, not make every answer wrong;
     # strict, because the lenient mode drops what it cannot read (`3,5,7` -> 3, `52_8` -> 52)
     parsers: list[Callable[[str], Any]] = [functools.partial(latex_parser(), strict=True)]
     if _PLAIN_EXPRESSION.fullmatch(text) and "__" not in text:  # (no longer a safety check: see below)
         plain_first = re.search(r"[A-Za-z]{2,}", text) is not None
-        parsers.insert(0 if plain_first else 1, _parse_plain)
+        parsers.insert(0 if plain_first else 1, parse_plain)
+    return first_parse(text, parsers)
+
+
+def first_parse(text: str, parsers: list[Callable[[str], Any]]) -> Any | None:
+    """What the first parser that can read `text` makes of it; None when none can. A resource error
+    (RecursionError, MemoryError) is a crash to report, not a "cannot read": it is raised."""
     for parse in parsers:
         try:
             return parse(text)
@@ -270,7 +284,7 @@ def _to_sympy(text: str) -> Any | None:
 #
 # Answers come from model outputs and from datasets, so they are hostile input. sympy's `parse_expr`
 # (and `sympify` on a string) ends in Python's `eval` with the builtins at hand: an answer such as
-# `eval(chr(95)+chr(95)+...)` ran arbitrary code in the grader. `_parse_plain` therefore reads the
+# `eval(chr(95)+chr(95)+...)` ran arbitrary code in the grader. `parse_plain` therefore reads the
 # text with `ast.parse`, which only builds a syntax tree, and turns the few node types that make up
 # arithmetic into sympy objects itself. Anything else (attribute access, subscripts, lambdas,
 # comprehensions, keyword arguments, comparisons...) is refused, and names never reach Python's
@@ -299,45 +313,98 @@ _BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Pow: operator.pow,
 }
 _UNARY_OPERATORS: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+# Python's bitwise operators, which parse_expr applies to sympy objects as Python does (`2^3` is 1
+# there, `a&b` is And(a, b)): sympy's own operator methods, never anything looked up by name
+_BITWISE_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.BitXor: operator.xor,
+    ast.BitAnd: operator.and_,
+    ast.BitOr: operator.or_,
+    ast.Mod: operator.mod,
+}
+_CONTAINERS: dict[type, Callable[[list], Any]] = {ast.Tuple: tuple, ast.List: list}
 
 
-def _parse_plain(text: str) -> Any:
+@dataclass(frozen=True)
+class PlainDialect:
+    """How `parse_plain` reads what it accepts. The default is this grader's reading ("^" a power,
+    every other name a Symbol); `PARSE_EXPR` and `SYMPIFY` read as sympy's `parse_expr` with its
+    default transformations and `sympify` of a string do, which is what TokenSkip's own grader calls
+    (`tokenskip.grading.original`)."""
+
+    caret_is_power: bool = True  # parse_expr's convert_xor (sympify applies it, parse_expr does not)
+    # names that parse_expr would look up in sympy's namespace or Python's builtins (`N`, `S`, `max`,
+    # `Rational`) are refused instead of being read as Symbols
+    refuse_library_names: bool = False
+    python_operators: bool = False  # `^ & | %` as Python applies them, tuples and lists as Python's
+    raw_names: bool = False  # names as written (`ｅ`), not NFKC-folded as Python's parser folds them
+
+
+PARSE_EXPR = PlainDialect(caret_is_power=False, refuse_library_names=True, python_operators=True, raw_names=True)
+SYMPIFY = replace(PARSE_EXPR, caret_is_power=True)
+
+
+@functools.cache
+def _library_names() -> frozenset[str]:
+    import builtins
+
+    import sympy
+
+    return frozenset(sympy.__all__) | frozenset(dir(builtins)) | {"True", "False", "None"}
+
+
+def parse_plain(text: str, dialect: PlainDialect = PlainDialect()) -> Any:
     """`sqrt(2)/2`, `x^2+1`, `2*pi` as sympy, built node by node: the same objects parse_expr with
     its standard transformations gave (the operators are sympy's own), but nothing is evaluated as
     Python. Raises ValueError (or SyntaxError) for what is not plain arithmetic; RecursionError and
     MemoryError for trees too deep to walk, which the caller reports as a crash."""
     # `^` is a power, as parse_expr's convert_xor made it; it must become `**` before parsing, since
     # Python's `^` binds more loosely than `*` (`2*x^2` would read as `(2*x)^2`) and from the left
-    source = text.strip().replace("^", "**")
+    source = text.strip()
+    if dialect.caret_is_power:
+        source = source.replace("^", "**")
     tree = ast.parse(source, mode="eval")  # a syntax tree only: nothing in it is run
-    return _plain_node(tree.body, source)
+    return _plain_node(tree.body, source, dialect)
 
 
-def _plain_node(node: ast.AST, source: str) -> Any:
+def _plain_name(node: ast.Name, source: str, dialect: PlainDialect) -> str:
+    if dialect.raw_names:
+        return ast.get_source_segment(source, node) or node.id
+    return node.id
+
+
+def _plain_node(node: ast.AST, source: str, dialect: PlainDialect) -> Any:
     import sympy
 
     if isinstance(node, ast.Constant):
         return _plain_number(node, source)
     if isinstance(node, ast.Name):
-        if node.id in _PLAIN_CONSTANTS:
-            return getattr(sympy, node.id)
-        if node.id in _PLAIN_FUNCTIONS:  # a bare `sqrt` is no number (parse_expr failed on it too)
-            raise ValueError(f"function {node.id!r} without an argument")
-        return sympy.Symbol(node.id)
+        name = _plain_name(node, source, dialect)
+        if name in _PLAIN_CONSTANTS:
+            return getattr(sympy, name)
+        if name in _PLAIN_FUNCTIONS:  # a bare `sqrt` is no number (parse_expr failed on it too)
+            raise ValueError(f"function {name!r} without an argument")
+        if dialect.refuse_library_names and name in _library_names():
+            raise ValueError(f"{name!r} names a library object")
+        return sympy.Symbol(name)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPERATORS:
-        return _UNARY_OPERATORS[type(node.op)](_plain_node(node.operand, source))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPERATORS:
-        left, right = _plain_node(node.left, source), _plain_node(node.right, source)
+        return _UNARY_OPERATORS[type(node.op)](_plain_node(node.operand, source, dialect))
+    if isinstance(node, ast.BinOp) and (type(node.op) in _BINARY_OPERATORS
+                                        or (dialect.python_operators and type(node.op) in _BITWISE_OPERATORS)):
+        left, right = _plain_node(node.left, source, dialect), _plain_node(node.right, source, dialect)
         if isinstance(node.op, ast.Pow):
             _check_power_size(left, right)
-        return _BINARY_OPERATORS[type(node.op)](left, right)
+        return {**_BINARY_OPERATORS, **_BITWISE_OPERATORS}[type(node.op)](left, right)
+    if dialect.python_operators and type(node) in _CONTAINERS:
+        return _CONTAINERS[type(node)]([_plain_node(element, source, dialect) for element in node.elts])
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
         if any(isinstance(argument, ast.Starred) for argument in node.args):
             raise ValueError("starred argument")
         # the arguments are sympy objects built here, never a Python str: sympy functions sympify
         # (eval) a str argument, which is how `ｅｘｅｃ(chr(111)+...)` once ran through parse_expr
-        arguments = [_plain_node(argument, source) for argument in node.args]
-        name = node.func.id
+        arguments = [_plain_node(argument, source, dialect) for argument in node.args]
+        name = _plain_name(node.func, source, dialect)
+        if name not in _PLAIN_FUNCTIONS and dialect.refuse_library_names and name in _library_names():
+            raise ValueError(f"{name!r} names a library function")
         # an unknown name applied to something is an undefined sympy function, as in parse_expr
         # (`f(3)`); it is a name only: sympy never looks it up or calls anything by it
         function = getattr(sympy, _PLAIN_FUNCTIONS[name]) if name in _PLAIN_FUNCTIONS else sympy.Function(name)

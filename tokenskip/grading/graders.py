@@ -1,8 +1,11 @@
 """Decide whether a model's answer matches the gold answer, for many answers, without ever hanging.
 
-Two independent graders are registered by name: "tokenskip" (our re-implementation of the
-DeepSeek-Math `math_equal` that TokenSkip reports with) and "math-verify" (Hugging Face's
-verifier), so a disagreement between them points at a grading problem rather than a model one.
+Three graders are registered by name: "tokenskip" (the default: TokenSkip's own grading as its
+evaluation.py runs it, DeepSeek-Math's extraction and `eval_math`, reproduced case for case in
+`original.py`), "tokenskip-lenient" (the same lineage with its plain mistakes corrected:
+`parsing.py`, `equivalence.py`) and "math-verify" (Hugging Face's verifier), the independent
+opinion reported beside the primary, so that a disagreement points at a grading problem rather than
+a model one.
 
 Symbolic checks can run for ever on a hostile answer such as `9^{9^{9^{9^{9}}}}`, and Python cannot
 interrupt a thread stuck in C code, so `Grader` runs every slow check in a small pool of worker
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from tokenskip.core.errors import UsageError
+from tokenskip.grading import original
 from tokenskip.grading.equivalence import (
     is_equivalent,
     latex_parser,
@@ -49,38 +53,78 @@ class AnswerGrader:
     """One way of judging `(model_output, reference, question)`.
 
     `verdict` is the full, possibly slow judgement; `shortcut` settles easy items in-process
-    (None: undecided); `prepare` imports and checks what `verdict` needs, once per worker.
+    (None: undecided); `prepare` imports and checks what `verdict` needs, once per worker;
+    `extract` is the answer it reads from the output, for the record (None: it reads none itself).
     """
 
     verdict: Callable[[str, str, str], bool]
     shortcut: Callable[[str, str, str], bool | None] = lambda model_output, reference, question: None
     prepare: Callable[[], object] = lambda: None
+    extract: Callable[[str, str, str], str] | None = None
 
 
+DEFAULT_GRADER = "tokenskip"
+# what metrics.json says each grader does (`grader_rules`)
+GRADER_RULES: dict[str, str] = {
+    "tokenskip": "TokenSkip's own grading as its evaluation.py runs it (hemingkx/TokenSkip ef02f53): DeepSeek-Math's "
+                 "extract_last_single_answer (GSM8K) or extract_math_answer (MATH: every stated answer) with "
+                 "strip_string, then eval_math/math_equal; reproduced case for case on tests/grading/fidelity "
+                 "(README: Fidelity to the original code); answers are never run as Python",
+    "tokenskip-lenient": "TokenSkip's lineage with its mistakes corrected: the last \\boxed{} (also \\fbox, "
+                         "\\boxed 5), a number followed by words is that number, only a trailing unit is dropped, "
+                         "\\cdot between digits is a product, interval brackets matter, j is not i; verdicts differ "
+                         "from TokenSkip's (README: Fidelity to the original code)",
+    "math-verify": "Hugging Face Math-Verify 0.9 on the whole output",
+}
+# the independent opinion run beside each primary grader unless `Grader(graders=...)` names others
+SECOND_OPINION = {"tokenskip": "math-verify", "tokenskip-lenient": "math-verify", "math-verify": "tokenskip"}
+
+_LENIENT = AnswerGrader(
+    verdict=lambda model_output, reference, question: is_equivalent(extract_answer(model_output), reference, question),
+    shortcut=lambda model_output, reference, question: quick_verdict(extract_answer(model_output), reference),
+    prepare=latex_parser,
+    extract=lambda model_output, reference, question: extract_answer(model_output),
+)
+_MATH_VERIFY = AnswerGrader(
+    verdict=lambda model_output, reference, question: math_verify_equivalent(model_output, reference),
+    prepare=load_math_verify,
+)
+
+# "math" answers (MATH, AIME, any --data-path): TokenSkip grades every answer an output states
 GRADERS: dict[str, AnswerGrader] = {
     "tokenskip": AnswerGrader(
-        verdict=lambda model_output, reference, question: is_equivalent(
-            extract_answer(model_output), reference, question
-        ),
-        shortcut=lambda model_output, reference, question: quick_verdict(
-            extract_answer(model_output), reference
-        ),
+        verdict=original.grade_math,
+        shortcut=original.shortcut(original.grade_math),
         prepare=latex_parser,
+        extract=original.graded_math_answer,
     ),
-    "math-verify": AnswerGrader(
-        verdict=lambda model_output, reference, question: math_verify_equivalent(model_output, reference),
-        prepare=load_math_verify,
+    "tokenskip-lenient": _LENIENT,
+    "math-verify": _MATH_VERIFY,
+}
+
+# "single" answers (GSM8K): TokenSkip grades the last answer an output states
+SINGLE_GRADERS: dict[str, AnswerGrader] = {
+    "tokenskip": AnswerGrader(
+        verdict=original.grade_single,
+        shortcut=original.shortcut(original.grade_single),
+        prepare=latex_parser,
+        extract=lambda model_output, reference, question: original.single_answer(model_output),
     ),
+    "tokenskip-lenient": _LENIENT,
+    "math-verify": _MATH_VERIFY,
 }
 
 # Multiple choice (GPQA): the gold answer is an option letter. "tokenskip" reads the chosen letter
 # with `parsing.extract_choice`, cheaply and in-process; "math-verify" reads it its own way (in a
 # worker, like any Math-Verify call), so the second grader stays an independent opinion.
+_CHOICE = AnswerGrader(
+    verdict=lambda model_output, reference, question: _same_choice(model_output, reference),
+    shortcut=lambda model_output, reference, question: _same_choice(model_output, reference),
+    extract=lambda model_output, reference, question: extract_choice(model_output),
+)
 CHOICE_GRADERS: dict[str, AnswerGrader] = {
-    "tokenskip": AnswerGrader(
-        verdict=lambda model_output, reference, question: _same_choice(model_output, reference),
-        shortcut=lambda model_output, reference, question: _same_choice(model_output, reference),
-    ),
+    "tokenskip": _CHOICE,
+    "tokenskip-lenient": _CHOICE,
     "math-verify": AnswerGrader(
         verdict=lambda model_output, reference, question: math_verify_choice(model_output, reference),
         prepare=load_math_verify,
@@ -89,7 +133,9 @@ CHOICE_GRADERS: dict[str, AnswerGrader] = {
 
 # Which graders judge which answer format (`data.BENCHMARK_TABLE` gives each benchmark's format).
 # Every format has the same grader names, so --grader means the same thing on every benchmark.
-GRADERS_BY_FORMAT: dict[str, dict[str, AnswerGrader]] = {"math": GRADERS, "choice": CHOICE_GRADERS}
+GRADERS_BY_FORMAT: dict[str, dict[str, AnswerGrader]] = {
+    "math": GRADERS, "single": SINGLE_GRADERS, "choice": CHOICE_GRADERS,
+}
 ANSWER_FORMATS = tuple(GRADERS_BY_FORMAT)
 
 
@@ -111,7 +157,8 @@ def graders_for(answer_format: str) -> dict[str, AnswerGrader]:
 @dataclass(frozen=True)
 class GradeRequest:
     """One answer to grade: the model's whole output against the gold answer string; `answer_format`
-    ("math", or "choice" for an option letter) picks the graders (`GRADERS_BY_FORMAT`)."""
+    ("math"; "single" for GSM8K's one final number; "choice" for an option letter) picks the graders
+    (`GRADERS_BY_FORMAT`)."""
 
     model_output: str
     reference: str
@@ -124,7 +171,7 @@ class Grade:
     """The outcome for one request. A check that timed out or crashed counts as incorrect and is
     named in `timeouts` or `errors` (grader name -> what went wrong)."""
 
-    prediction: str  # the answer (or option letter) "tokenskip" extracted, for the record whichever grader is primary
+    prediction: str  # the answer (or option letter) the primary grader read ("tokenskip"'s for math-verify)
     correct: bool  # the primary grader's verdict
     verdicts: dict[str, bool]
     timeouts: tuple[str, ...] = ()
@@ -138,16 +185,16 @@ class Grader:
 
     def __init__(
         self,
-        primary: str = "tokenskip",
+        primary: str = DEFAULT_GRADER,
         *,
         graders: Sequence[str] | None = None,
         timeout: float = 5.0,
         workers: int | None = None,
     ) -> None:
-        self.graders = tuple(graders or GRADERS)
-        unknown = [name for name in (primary, *self.graders) if name not in GRADERS]
+        unknown = [name for name in (primary, *(graders or ())) if name not in GRADERS]
         if unknown:
             raise UsageError(f"unknown grader {unknown[0]!r}; choose from {', '.join(GRADERS)}")
+        self.graders = tuple(graders or (primary, SECOND_OPINION[primary]))
         if primary not in self.graders:
             run = ", ".join(self.graders)
             raise UsageError(f"the primary grader {primary!r} is not among those run: {run}")
@@ -183,7 +230,7 @@ class Grader:
                 errors[index][name] = outcome.error
         return [
             Grade(
-                prediction=_prediction(request.model_output, request.answer_format),
+                prediction=_prediction(request, self.primary),
                 correct=verdicts[i][self.primary],
                 verdicts={name: verdicts[i][name] for name in self.graders},
                 timeouts=tuple(timeouts[i]),
@@ -202,11 +249,14 @@ class Grader:
         self.close()
 
 
-def _prediction(model_output: str, answer_format: str = "math") -> str:
-    """The extracted answer for the record; empty if extraction itself crashes, so that the record
-    is kept (the "tokenskip" grader, which extracts the same way, records the crash as its error)."""
+def _prediction(request: GradeRequest, primary: str) -> str:
+    """The answer the primary grader read, for the record ("tokenskip"'s when the primary reads none
+    of its own); empty if extraction itself crashes, so that the record is kept (the grader, which
+    extracts the same way, records the crash as its error)."""
+    graders = graders_for(request.answer_format)
+    extract = graders[primary].extract or graders[DEFAULT_GRADER].extract
     try:
-        return extract_choice(model_output) if answer_format == "choice" else extract_answer(model_output)
+        return extract(request.model_output, request.reference, request.question)
     except Exception:
         return ""
 

@@ -12,7 +12,10 @@ import re
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _ANSWER_PHRASE = re.compile(r"answer is", re.IGNORECASE)
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+# `$...$` (an escaped `\$`, as in `$\$32$`, is part of the span, not its end), `$$...$$`, `\(...\)`, `\[...\]`
+_MATH_SPAN = re.compile(
+    r"\$\$((?:\\.|[^\\$])+?)\$\$|\$((?:\\.|[^\\$])+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL
+)
 _NUMBER = re.compile(r"-?\d*\.?\d+")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # "42 apples": a number followed only by plain words is that number, not "42apples"

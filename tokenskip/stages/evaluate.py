@@ -22,7 +22,7 @@ from tokenskip.evaluation.config import BASELINES, OVERLONG, RUN_METHODS, SERVED
 from tokenskip.evaluation.parallel import entry_command, run_ranks
 from tokenskip.evaluation.regrade import regrade
 from tokenskip.evaluation.run import SharedModel, evaluate_ratio, with_prompt_format
-from tokenskip.grading.graders import GRADERS
+from tokenskip.grading.graders import DEFAULT_GRADER, GRADERS
 from tokenskip.stages import flags
 
 EXAMPLES = """examples:
@@ -124,7 +124,10 @@ def build_parser() -> StageParser:
         help="the baselines' ratios with --runs (default: the --compression_ratio values below 1)")
     add("--label", default=None,
         help="this run's name in reports (default: its method); with --runs, the name of the tokenskip runs")
-    add("--grader", choices=sorted(GRADERS), default="tokenskip", help="primary grader; the other is reported too")
+    add("--grader", choices=sorted(GRADERS), default=DEFAULT_GRADER,
+        help="primary grader: tokenskip (TokenSkip's own grading, verdict for verdict), tokenskip-lenient (its "
+             "mistakes corrected: README, Fidelity to the original code) or math-verify; math-verify (or tokenskip "
+             "beside math-verify) is reported too")
     add("--grading-timeout", type=float, default=5.0, help="seconds allowed for one answer-equivalence check")
     add("--regrade", metavar="PATH", default=None,
         help="re-grade an existing predictions.jsonl (or the run folder holding it); no model needed. A run's own "
