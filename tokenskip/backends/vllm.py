@@ -17,12 +17,12 @@ vLLM is imported only here, only when this backend is chosen. What this module a
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
-from tokenskip.backends import Completion, DecodingSettings, request_seed
+from tokenskip.backends import Completion, DecodingSettings, base_model_view, request_seed
+from tokenskip.core.errors import UsageError
 from tokenskip.models.loading import stop_token_ids
 
 # vLLM schedules its own batches; we hand it this many prompts at a time so that finished
@@ -93,39 +93,90 @@ def free_memory_bytes() -> int:
     return psutil.virtual_memory().available
 
 
+# --distributed-executor-backend: how vLLM runs the workers of one engine ("auto": vLLM decides,
+# mp on one node, ray when a Ray cluster is needed for TP x PP beyond it)
+EXECUTORS = ("auto", "mp", "ray")
+
+
+def check_executor(executor: str) -> None:
+    """A one-line error now, rather than an engine that dies after its start-up, when vLLM's Ray
+    executor cannot run: Ray is not installed, or this vLLM build's platform has no Ray devices
+    (the CPU build: "current platform cpu does not support ray")."""
+    if executor != "ray":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageError("--distributed-executor-backend ray needs Ray in this environment: "
+                         "`make setup-ray` (or pip install -r requirements-ray.txt)")
+    from vllm.platforms import current_platform
+
+    if not current_platform.ray_device_key:
+        raise UsageError(f"--distributed-executor-backend ray: this vLLM build ({current_platform.device_name}) "
+                         "cannot run its workers on Ray (vLLM supports that on GPUs only); use mp, or auto")
+
+
+def engine_arguments(model_path: str, tokenizer, *, settings: DecodingSettings, dtype: str, on_cpu: bool,
+                     tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, executor: str = "auto",
+                     adapter_path: str | None = None, adapter_rank: int = 8, context: int | None = None,
+                     enforce_eager: bool = False, engines_sharing_memory: int = 1) -> dict:
+    """The engine's arguments (`vllm.LLM(**them)`, or one Ray Data replica's `engine_kwargs`): the
+    same model, context, dtype, seed and LoRA settings whichever way the engine is started. On a
+    CPU, `engines_sharing_memory` engines split the free memory's KV-cache share."""
+    model_len = max_model_len(settings.max_new_tokens, context)
+    options = {"enable_lora": True, "max_lora_rank": lora_rank_limit(adapter_rank)} if adapter_path else {}
+    if on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # the variable, when set, is the user's choice
+        free = free_memory_bytes() // max(1, engines_sharing_memory)
+        kv_bytes = cpu_kv_cache_bytes(kv_bytes_per_token(model_path, dtype), model_len, free)
+        if kv_bytes:
+            options["kv_cache_memory_bytes"] = kv_bytes
+    if pipeline_parallel_size > 1:
+        options["pipeline_parallel_size"] = pipeline_parallel_size
+    if executor != "auto":
+        options["distributed_executor_backend"] = executor
+    return dict(
+        model=model_path,
+        tokenizer=tokenizer.name_or_path,
+        tensor_parallel_size=tensor_parallel_size,
+        dtype=dtype,
+        seed=settings.seed,
+        trust_remote_code=True,
+        generation_config="vllm",  # ignore the model's sampling defaults, as the hf backend does
+        max_model_len=model_len,
+        disable_log_stats=False,  # the request stats that per-request latency is read from
+        enforce_eager=enforce_eager,
+        **options,
+    )
+
+
+def sampling_arguments(settings: DecodingSettings, max_tokens: int, seed: int, stop_ids: list[int]) -> dict:
+    """One request's `vllm.SamplingParams(**them)`: greedy or sampled as the settings say, no hidden
+    repetition penalty, stopping at any end-of-turn token."""
+    return dict(max_tokens=max_tokens, temperature=settings.temperature, top_p=settings.top_p, seed=seed,
+                repetition_penalty=1.0, stop_token_ids=list(stop_ids), skip_special_tokens=True)
+
+
 class VLLMBackend:
     name = "vllm"
     latency_basis = LATENCY_BASIS
 
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, tensor_parallel_size: int,
                  dtype: str, on_cpu: bool, adapter_path: str | None = None, adapter_rank: int = 8,
-                 context: int | None = None, enforce_eager: bool = False, chunk_size: int | None = None):
+                 context: int | None = None, enforce_eager: bool = False, chunk_size: int | None = None,
+                 pipeline_parallel_size: int = 1, executor: str = "auto"):
         from vllm import LLM, SamplingParams
 
+        check_executor(executor)
         self.tokenizer = tokenizer
         self.dtype = dtype
         self.chunk_size = chunk_size or CHUNK_SIZE
-        model_len = max_model_len(settings.max_new_tokens, context)
-        options = {"enable_lora": True, "max_lora_rank": lora_rank_limit(adapter_rank)} if adapter_path else {}
         if on_cpu:  # read by the engine's processes, which inherit the environment
             os.environ.update(cpu_environment(os.environ, len(os.sched_getaffinity(0))))
-        if on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # the variable, when set, is the user's choice
-            kv_bytes = cpu_kv_cache_bytes(kv_bytes_per_token(model_path, dtype), model_len, free_memory_bytes())
-            if kv_bytes:
-                options["kv_cache_memory_bytes"] = kv_bytes
-        self.llm = LLM(
-            model=model_path,
-            tokenizer=tokenizer.name_or_path,
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=dtype,
-            seed=settings.seed,
-            trust_remote_code=True,
-            generation_config="vllm",  # ignore the model's sampling defaults, as the hf backend does
-            max_model_len=model_len,
-            disable_log_stats=False,  # the request stats that per-request latency is read from
-            enforce_eager=enforce_eager,
-            **options,
-        )
+        self.llm = LLM(**engine_arguments(
+            model_path, tokenizer, settings=settings, dtype=dtype, on_cpu=on_cpu,
+            tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
+            executor=executor, adapter_path=adapter_path, adapter_rank=adapter_rank, context=context,
+            enforce_eager=enforce_eager))
         self.settings = settings
         self.make_sampling_params = SamplingParams
         self.stop_ids = stop_token_ids(tokenizer)
@@ -139,15 +190,7 @@ class VLLMBackend:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def sampling_params(self, max_tokens: int, seed: int):
-        return self.make_sampling_params(
-            max_tokens=max_tokens,
-            temperature=self.settings.temperature,
-            top_p=self.settings.top_p,
-            seed=seed,
-            repetition_penalty=1.0,
-            stop_token_ids=self.stop_ids,
-            skip_special_tokens=True,
-        )
+        return self.make_sampling_params(**sampling_arguments(self.settings, max_tokens, seed, self.stop_ids))
 
     def generate(self, prompts: list[str], max_new_tokens: int | None = None,
                  ids: list[str] | None = None) -> list[Completion]:
@@ -166,10 +209,7 @@ class VLLMBackend:
 
     def without_adapter(self) -> VLLMBackend:
         """This engine, answering with the base model (requests without the LoRA)."""
-        view = copy.copy(self)
-        view.lora_request = None
-        view.close = lambda: None  # the engine belongs to the backend it was made from
-        return view
+        return base_model_view(self, lora_request=None)
 
     def close(self) -> None:
         """Stop the engine core (and its workers) now, while the interpreter is whole."""
@@ -185,8 +225,11 @@ def request_latency(output) -> float | None:
     version keeps no stats. All prompts of a call arrive together, so this is the time one request
     takes while the others share the engine, as a server under that load would see it."""
     metrics = getattr(output, "metrics", None)
-    queued = getattr(metrics, "queued_ts", None)
-    finished = getattr(metrics, "last_token_ts", None)
+    return stats_latency(getattr(metrics, "queued_ts", None), getattr(metrics, "last_token_ts", None))
+
+
+def stats_latency(queued: float | None, finished: float | None) -> float | None:
+    """`finished - queued` of vLLM's request stats, None when either is missing or they disagree."""
     if not queued or not finished or finished < queued:
         return None
     return float(finished - queued)

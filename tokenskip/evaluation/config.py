@@ -71,7 +71,9 @@ class EvalConfig:
     runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
     baseline_ratios: tuple[float, ...] = ()
     shards: ShardPlan = ShardPlan()  # --num-shards / --shard-index / --merge-shards
-    data_parallel_size: int = 1
+    data_parallel_size: int = 1  # vllm/hf: ranks (processes) on this node; ray: engine replicas in the cluster
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str = "auto"
 
     @classmethod
     def from_args(cls, args) -> EvalConfig:
@@ -127,7 +129,17 @@ class EvalConfig:
         shards = shard_plan(args)
         if args.data_parallel_size < 1:
             raise UsageError(f"--data-parallel-size must be 1 or more, got {args.data_parallel_size}")
-        if args.data_parallel_size > 1 and (shards.count > 1 or shards.merge):
+        if args.pipeline_parallel_size < 1:
+            raise UsageError(f"--pipeline_parallel_size must be 1 or more, got {args.pipeline_parallel_size}")
+        backend = "vllm" if args.use_vllm else args.backend
+        engines = ("vllm", "ray", "auto")
+        if (args.pipeline_parallel_size > 1 or args.distributed_executor_backend != "auto") and backend not in engines:
+            raise UsageError(f"--pipeline_parallel_size and --distributed-executor-backend set up vLLM engines: they "
+                             f"go with --backend vllm or ray, not {backend}")
+        if backend == "ray" and args.distributed_executor_backend != "auto":
+            raise UsageError("--backend ray: Ray Data picks each replica's executor (ray when TP x PP > 1); drop "
+                             "--distributed-executor-backend")
+        if args.data_parallel_size > 1 and (shards.count > 1 or shards.merge) and backend != "ray":
             raise UsageError("--data-parallel-size runs its own shards (one per rank) and merges them: drop "
                              "--num-shards / --shard-index / --merge-shards")
         if args.regrade and (shards.count > 1 or args.data_parallel_size > 1):
@@ -260,8 +272,9 @@ def run_method(settings: RunSettings) -> str:
 def chunk_size(config: EvalConfig, backend_name: str) -> int:
     """Prompts per generate call: --eval_batch_size, else the backend's default."""
     from tokenskip.backends.hf import DEFAULT_BATCH_SIZE
+    from tokenskip.backends.ray_data import CHUNK_SIZE as RAY_CHUNK_SIZE
     from tokenskip.backends.server import CHUNK_SIZE as SERVER_CHUNK_SIZE
     from tokenskip.backends.vllm import CHUNK_SIZE
 
-    defaults = {"vllm": CHUNK_SIZE, "server": SERVER_CHUNK_SIZE}
+    defaults = {"vllm": CHUNK_SIZE, "server": SERVER_CHUNK_SIZE, "ray": RAY_CHUNK_SIZE}
     return config.eval_batch_size or defaults.get(backend_name, DEFAULT_BATCH_SIZE)

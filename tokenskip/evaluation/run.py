@@ -68,7 +68,7 @@ class SharedModel:
     def backend_for(self, run: EvalConfig) -> Backend:
         """The loaded backend, as `run` needs it (with its adapter or without)."""
         call = self.call or run
-        if call.backend in ("vllm", "server"):  # the adapter is applied (or not) per request
+        if call.backend in ("vllm", "server", "ray"):  # the adapter is applied (or not) per request
             if self.backend is None:
                 self.loaded_adapter = call.adapter_path
                 self.backend = self._load(call, self.loaded_adapter)

