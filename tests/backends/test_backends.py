@@ -359,3 +359,26 @@ def test_ray_rows_spread_over_the_replicas():
     assert replica_environment({}, True, 2, 2)["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in replica_environment({"VLLM_CPU_OMP_THREADS_BIND": "0-3"}, True, 2, 8)
     assert replica_environment({}, False, 2, 2) == {}
+
+
+def test_data_parallel_cpu_ranks_split_the_kv_cache_memory(tiny_lm_dir, tmp_path, monkeypatch):
+    """Each of N vLLM-CPU ranks sizes its KV cache from 1/N of the free memory: N engines that each took
+    40% of it would together ask for more than the machine has."""
+    from tokenskip.backends import CPU_ENGINES_VARIABLE
+    from tokenskip.backends import vllm as engine
+
+    fake = FakeVLLM()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(engine, "free_memory_bytes", lambda: 12 * 2**30)
+    seen = []
+    real = engine.cpu_kv_cache_bytes
+    monkeypatch.setattr(engine, "cpu_kv_cache_bytes", lambda per_token, model_len, free: seen.append(free) or
+                        real(per_token, model_len, free))
+    for engines, folder in (("1", "one"), ("3", "three")):
+        monkeypatch.setenv(CPU_ENGINES_VARIABLE, engines)
+        evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path / folder), "--model-size", "t",
+                       "--data-path", str(ROOT / "datasets" / "sample" / "test.jsonl"), "--backend", "vllm",
+                       "--max_num_examples", "1", "--max_new_tokens", "8"])
+    assert seen == [12 * 2**30, 4 * 2**30]

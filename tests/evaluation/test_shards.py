@@ -182,3 +182,15 @@ def test_engines_that_schedule_each_request_alone_shard_by_question(tiny_lm_dir,
     assert [e.id for e in shares[0][0]] == ["q0", "q3", "q6", "q9"]  # question order within a share
     by_batch = Job(examples, {}, [], [batch], chunk_size=512, shard_by_batch=True)
     assert [len(by_batch.share(Shard(i, 3))[0]) for i in range(3)] == [10, 0, 0]
+
+
+def test_cpu_ranks_get_their_cores_and_know_how_many_engines_share_the_memory():
+    from tokenskip.backends import CPU_ENGINES_VARIABLE
+    from tokenskip.evaluation.parallel import rank_environments
+
+    first, second = rank_environments(2, 1, [], [0, 1, 2, 3])
+    assert (first["VLLM_CPU_OMP_THREADS_BIND"], second["VLLM_CPU_OMP_THREADS_BIND"]) == ("0,1", "2,3")
+    assert first[CPU_ENGINES_VARIABLE] == second[CPU_ENGINES_VARIABLE] == "2"
+    # GPU ranks each have their own memory
+    assert rank_environments(2, 2, ["0", "1", "2", "3"], [0]) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                                                {"CUDA_VISIBLE_DEVICES": "2,3"}]

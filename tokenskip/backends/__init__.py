@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +59,15 @@ def base_model_view(backend, **changes):
         setattr(view, name, value)
     view.close = lambda: None
     return view
+
+
+# set by --data-parallel-size on a CPU (evaluation/parallel.py) in each rank's environment: the
+# number of vLLM-CPU engines that share this machine's memory, so that their KV caches fit together
+CPU_ENGINES_VARIABLE = "TOKENSKIP_CPU_ENGINES"
+
+
+def cpu_engines_on_this_machine() -> int:
+    return max(1, int(os.environ.get(CPU_ENGINES_VARIABLE) or 1))
 
 
 def request_seed(seed: int, request_id: str) -> int:
@@ -128,7 +138,8 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
 
         tensor_parallel = config.tensor_parallel_size or max(1, torch.cuda.device_count())
         return VLLMBackend(model_path, tokenizer, tensor_parallel_size=tensor_parallel,
-                           executor=config.distributed_executor_backend, **engine)
+                           executor=config.distributed_executor_backend,
+                           engines_sharing_memory=cpu_engines_on_this_machine(), **engine)
     from tokenskip.backends.hf import DEFAULT_BATCH_SIZE, HFBackend
     from tokenskip.models.loading import resolve_device, resolve_dtype
 

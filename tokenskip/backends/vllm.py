@@ -163,7 +163,7 @@ class VLLMBackend:
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, tensor_parallel_size: int,
                  dtype: str, on_cpu: bool, adapter_path: str | None = None, adapter_rank: int = 8,
                  context: int | None = None, enforce_eager: bool = False, chunk_size: int | None = None,
-                 pipeline_parallel_size: int = 1, executor: str = "auto"):
+                 pipeline_parallel_size: int = 1, executor: str = "auto", engines_sharing_memory: int = 1):
         from vllm import LLM, SamplingParams
 
         check_executor(executor)
@@ -176,7 +176,7 @@ class VLLMBackend:
             model_path, tokenizer, settings=settings, dtype=dtype, on_cpu=on_cpu,
             tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
             executor=executor, adapter_path=adapter_path, adapter_rank=adapter_rank, context=context,
-            enforce_eager=enforce_eager))
+            enforce_eager=enforce_eager, engines_sharing_memory=engines_sharing_memory))
         self.settings = settings
         self.make_sampling_params = SamplingParams
         self.stop_ids = stop_token_ids(tokenizer)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenskip.backends import CPU_ENGINES_VARIABLE
 from tokenskip.core.devices import visible_gpus
 from tokenskip.core.errors import UsageError
 
@@ -40,7 +41,8 @@ def rank_environments(size: int, tensor_parallel: int, gpus: Sequence[str], core
         mine = ",".join(str(core) for core in cores[r * share:(r + 1) * share])
         # vLLM-CPU binds its threads to these cores, torch (hf backend) uses as many threads
         environments.append({"CUDA_VISIBLE_DEVICES": "", "VLLM_CPU_OMP_THREADS_BIND": mine,
-                             "OMP_NUM_THREADS": str(share), "TOKENSKIP_RANK_CORES": mine})
+                             "OMP_NUM_THREADS": str(share), "TOKENSKIP_RANK_CORES": mine,
+                             CPU_ENGINES_VARIABLE: str(size)})  # the ranks' KV caches share the memory
     return environments
 
 
