@@ -79,9 +79,17 @@ def request_seed(seed: int, request_id: str) -> int:
 
 
 def vllm_available() -> bool:
+    return _installed("vllm")
+
+
+def ray_available() -> bool:
+    return _installed("ray")
+
+
+def _installed(package: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None
+    return importlib.util.find_spec(package) is not None
 
 
 def choose_backend(requested: str) -> str:

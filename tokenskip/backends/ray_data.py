@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 
-from tokenskip.backends import Completion, DecodingSettings, base_model_view, request_seed
+from tokenskip.backends import Completion, DecodingSettings, base_model_view, ray_available, request_seed
 from tokenskip.backends.vllm import (
     LATENCY_BASIS,
     cpu_environment,
@@ -42,12 +42,6 @@ MAX_ROWS_PER_BATCH = 64
 # rows spread over the N replicas, and a missing resource is an error after this many seconds
 REPLICA_START_TIMEOUT_S = 1800
 _ROW = "tokenskip_row"  # the prompt's index in its chunk, which puts the answers back in order
-
-
-def ray_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
 
 
 def replica_placement(on_cpu: bool, cores: int, replicas: int) -> dict | None:

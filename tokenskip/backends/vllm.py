@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from tokenskip.backends import Completion, DecodingSettings, base_model_view, request_seed
+from tokenskip.backends import Completion, DecodingSettings, base_model_view, ray_available, request_seed
 from tokenskip.core.errors import UsageError
 from tokenskip.models.loading import stop_token_ids
 
@@ -104,9 +104,7 @@ def check_executor(executor: str) -> None:
     (the CPU build: "current platform cpu does not support ray")."""
     if executor != "ray":
         return
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
+    if not ray_available():
         raise UsageError("--distributed-executor-backend ray needs Ray in this environment: "
                          "`make setup-ray` (or pip install -r requirements-ray.txt)")
     from vllm.platforms import current_platform

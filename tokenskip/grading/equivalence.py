@@ -20,7 +20,7 @@ from tokenskip.core.errors import UsageError
 from tokenskip.grading.parsing import normalize_answer
 
 ABS_TOLERANCE = 1e-3  # TokenSkip's `is_correct` and DeepSeek's `math_equal` both use 1e-3
-_RESOURCE_ERRORS = (RecursionError, MemoryError)  # a crash, not a "no": let the caller report it
+RESOURCE_ERRORS = (RecursionError, MemoryError)  # a crash, not a "no": let the caller report it
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?%?", re.IGNORECASE)
 _INTEGER_FRACTION = re.compile(r"(-?)(\d*)\\frac\{(\d+)\}\{(\d+)\}")  # also mixed numbers: 1\frac{4}{5}
 _MATRIX = re.compile(r"\\begin\{[pbvBV]?matrix\}(.*)\\end\{[pbvBV]?matrix\}", re.DOTALL)
@@ -218,7 +218,7 @@ def _same_equation(pred_sides: list[str], ref_sides: list[str]) -> bool:
             return True
         ratio = simplify(pred_zero / ref_zero)
         return bool(pred_zero.free_symbols and ratio.is_number and ratio != 0)
-    except _RESOURCE_ERRORS:
+    except RESOURCE_ERRORS:
         raise
     except Exception:
         return False
@@ -230,7 +230,7 @@ def difference_is_zero(left: Any, right: Any) -> bool:
 
     try:
         return bool(simplify(left - right) == 0)
-    except _RESOURCE_ERRORS:
+    except RESOURCE_ERRORS:
         raise
     except Exception:
         return False
@@ -246,7 +246,7 @@ def _symbolically_equal(pred: str, ref: str) -> bool:
         return True
     try:
         return abs(complex(N(pred_expr)) - complex(N(ref_expr))) <= ABS_TOLERANCE
-    except _RESOURCE_ERRORS:
+    except RESOURCE_ERRORS:
         raise
     except Exception:
         return False
@@ -273,7 +273,7 @@ def first_parse(text: str, parsers: list[Callable[[str], Any]]) -> Any | None:
     for parse in parsers:
         try:
             return parse(text)
-        except _RESOURCE_ERRORS:
+        except RESOURCE_ERRORS:
             raise
         except Exception:
             continue

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from tokenskip.grading.equivalence import (
     PARSE_EXPR,
+    RESOURCE_ERRORS,
     SYMPIFY,
     difference_is_zero,
     first_parse,
@@ -35,7 +36,6 @@ from tokenskip.grading.equivalence import (
 )
 
 PRECISION = 1e-3  # `is_correct`'s absolute tolerance, and `math_equal`'s
-_RESOURCE_ERRORS = (RecursionError, MemoryError)
 _NUMBER = re.compile(r"-?\d*\.?\d+")
 _AND = re.compile(r"\\text\{\s*and\s*\}")
 _MATRIX_OPENERS = ("\\begin{pmatrix}", "\\begin{bmatrix}")
@@ -261,9 +261,15 @@ def verdict(prediction: str | list[str], gold: str | list[str], *, cheap: bool =
     if len(prediction) == 0:
         return False
     if isinstance(prediction, list) and isinstance(gold, list):
-        gold = list(dict.fromkeys(gold))
-        prediction = list(dict.fromkeys(prediction))[-len(gold):]
+        prediction, gold = _matched_against(prediction, gold)
     return _is_correct(prediction, gold, cheap)
+
+
+def _matched_against(prediction: list[str], gold: list[str]) -> tuple[list[str], list[str]]:
+    """`eval_math`'s lists: both deduplicated, and of the predictions only the last `len(gold)`
+    (some outputs box what is not an answer)."""
+    gold = list(dict.fromkeys(gold))
+    return list(dict.fromkeys(prediction))[-len(gold):], gold
 
 
 def _is_correct(prediction: str | list[str], gold: str | list[str], cheap: bool) -> bool:
@@ -390,7 +396,7 @@ def symbolic_equal(a: str, b: str, cheap: bool = False) -> bool:
         return True
     try:
         return math.isclose(numeric_value(left), numeric_value(right), abs_tol=PRECISION)
-    except _RESOURCE_ERRORS:
+    except RESOURCE_ERRORS:
         raise
     except Exception:
         return False
@@ -411,9 +417,8 @@ def grade_math(model_output: str, reference: str, question: str = "", *, cheap: 
 
 def graded_math_answer(model_output: str, reference: str, question: str = "") -> str:
     """The MATH answers a verdict is about, for the record: the last `len(gold)` distinct ones."""
-    answers = list(dict.fromkeys(math_answers(question, model_output)))
-    gold = list(dict.fromkeys(math_reference(question, reference)))
-    return ", ".join(answers[-len(gold):]) if answers else ""
+    answers, _ = _matched_against(math_answers(question, model_output), math_reference(question, reference))
+    return ", ".join(answers)
 
 
 def shortcut(grade: Callable[..., bool]) -> Callable[[str, str, str], bool | None]:
