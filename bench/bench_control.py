@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import shlex
 import shutil
@@ -73,11 +74,14 @@ STAGE3_METHOD = {"cts": "cts", "ner": "ner", "worddrop": "llmlingua2"}
 @dataclass(frozen=True)
 class DataSource:
     name: str
-    kind: str  # "own": stage 1 generates; "reference": the dataset's reference solutions
+    # "own": stage 1 generates; "reference": the dataset's reference solutions; "mixed": stage 1 answers
+    # GSM8K train questions, and each question the model got wrong gets its reference solution instead
+    kind: str
     description: str
     n_samples: int = 1
     temperature: float = 0.0
     gsm8k: bool = False  # reference: GSM8K train (else the sample train set)
+    questions: int | None = None  # mixed: GSM8K train questions, a seeded subset (None: all 7,473)
 
 
 DATA_SOURCES = {
@@ -87,6 +91,10 @@ DATA_SOURCES = {
                    n_samples=4, temperature=0.8),
         DataSource("ref-gsm8k", "reference", "GSM8K train reference solutions", gsm8k=True),
         DataSource("ref-sample", "reference", "the sample train set's reference solutions"),
+        DataSource("gsm8k-3k", "mixed", "3,000 GSM8K train questions: the model's own greedy CoT where it is "
+                   "correct, else the reference solution", questions=3000),
+        DataSource("gsm8k-all", "mixed", "all 7,473 GSM8K train questions: the model's own greedy CoT where it "
+                   "is correct, else the reference solution"),
     )
 }
 
@@ -101,15 +109,20 @@ class Variant:
     lr: float = 3e-4
     rank: int = 8
     note: str = ""
+    profile: str = "small"  # "small": the sample sets, 32 test questions; "scale": GSM8K, 200 test questions
+
+    @property
+    def scale(self) -> bool:
+        return self.profile == "scale"
 
     def levers(self) -> str:
         return (f"{self.data}, {self.scorer}, mix {self.mix}, {_num(self.epochs)} ep, lr {_num(self.lr)}, "
-                f"r {self.rank}")
+                f"r {self.rank}" + (", batch 8, GSM8K test" if self.scale else ""))
 
     def spec(self) -> str:
         """The --add text that defines this variant."""
         return (f"{self.name}=data:{self.data},scorer:{self.scorer},mix:{self.mix},epochs:{_num(self.epochs)},"
-                f"lr:{_num(self.lr)},rank:{self.rank}")
+                f"lr:{_num(self.lr)},rank:{self.rank}" + (f",profile:{self.profile}" if self.scale else ""))
 
 
 DEMO = Variant("A", note="the demo recipe before this bench (TokenSkip's rank 8, α 16; lr 3e-4)")
@@ -124,9 +137,19 @@ VARIANTS = [
     Variant("D", data="ref-gsm8k", mix="sample", note="GSM8K reference solutions, one γ per question"),
     Variant("F", data="own-sampled", mix="sample", note="one γ per question (the paper's), vs C"),
     Variant("H", scorer="ner", note="NER-enhanced LLMLingua-2 with a tiny random classifier"),
+    # the paper's data scale (issue 28): thousands of distinct CoTs, one γ drawn per question as the
+    # original draws it, TokenSkip's global batch 8; the word-dropping rule keeps the train-data ratio
+    # closest to γ (0.48 at 0.5, vs CTS's 0.56 on GSM8K reference solutions in variant D) and keeps
+    # numbers and equations whole, and it costs seconds where CTS costs ~1 s a CoT on 2 cores
+    Variant("S3", data="gsm8k-3k", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
+            note="3,000 GSM8K questions, one γ each, 1 epoch"),
+    Variant("S7", data="gsm8k-all", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
+            note="all 7,473 GSM8K train questions, one γ each, 1 epoch"),
 ]
 VARIANTS_BY_NAME = {variant.name: variant for variant in VARIANTS}
-_FIELDS = {"data": str, "scorer": str, "mix": str, "epochs": float, "lr": float, "rank": int, "note": str}
+_FIELDS = {"data": str, "scorer": str, "mix": str, "epochs": float, "lr": float, "rank": int, "note": str,
+           "profile": str}
+PROFILES = ("small", "scale")
 
 
 def _num(value: float) -> str:
@@ -159,6 +182,12 @@ def check_variant(variant: Variant) -> Variant:
         raise ValueError(f"variant {variant.name}: scorer must be one of {', '.join(SCORERS)}, not {variant.scorer!r}")
     if variant.mix not in MIXES:
         raise ValueError(f"variant {variant.name}: mix must be one of {', '.join(MIXES)}, not {variant.mix!r}")
+    if variant.profile not in PROFILES:
+        raise ValueError(f"variant {variant.name}: profile must be one of {', '.join(PROFILES)}, "
+                         f"not {variant.profile!r}")
+    if (DATA_SOURCES[variant.data].kind == "mixed") != variant.scale:
+        raise ValueError(f"variant {variant.name}: the GSM8K-scale data sources (gsm8k-3k, gsm8k-all) go with "
+                         "profile:scale, and profile:scale with them")
     if not (variant.epochs > 0 and variant.lr > 0 and variant.rank > 0):
         raise ValueError(f"variant {variant.name}: epochs, lr and rank must be positive")
     return variant
@@ -199,11 +228,34 @@ class Settings:
     eval_batch_size: int = 16
     max_steps: int | None = None  # training: stop after this many steps (the smoke test)
     n_samples: int | None = None  # overrides own-sampled's 4
+    # what the scale profile changes
+    test_set: str = "sample"  # "sample": datasets/sample/test.jsonl; "gsm8k": GSM8K test from the data folder
+    eval_ratios: tuple[float, ...] = EVAL_RATIOS
+    mixed_questions: int | None = None  # caps a mixed source's GSM8K train questions (the smoke test)
+    heldout_questions: int = 0  # GSM8K test questions outside the evaluated ones, for the γ-probe matrix
+    # mixed sources: stage 1 answers the first this many of the questions. The embedded model gets 0.4% of
+    # GSM8K train right (1 of the first 250, 156 of them at the 256-token cap; ~1.7 s a question on vLLM-CPU):
+    # all 3,000 would cost ~75 minutes for ~12 CoTs
+    stage1_questions: int = 600
+    stage1_backend: str = "hf"  # "vllm": .venv-vllm's engine when it is built (3x the tokens/s on 2 cores)
+    train_batch: int = 4  # per device and global (one process)
+    save_steps: int | None = None  # a checkpoint every this many steps; a rerun resumes from the last one
+    length_grouping: bool = False  # batches of similar lengths: less padding (trainer's group_by_length)
 
 
 FULL = Settings()
 SMOKE = Settings(train_questions=12, ref_questions=8, test_questions=4, stage1_tokens=128, eval_tokens=16,
                  latency_probe=2, max_steps=2, n_samples=2)
+# 256 tokens: GSM8K reference CoTs are ~100 tokens and the base model's loops end at the cap
+SCALE = Settings(test_questions=200, stage1_tokens=256, eval_tokens=256, test_set="gsm8k",
+                 eval_ratios=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5), heldout_questions=32, stage1_backend="vllm",
+                 train_batch=8, save_steps=20, length_grouping=True)
+SCALE_SMOKE = replace(SCALE, test_questions=3, stage1_tokens=16, eval_tokens=16, latency_probe=2, max_steps=2,
+                      mixed_questions=10, stage1_questions=4, heldout_questions=2, stage1_backend="hf", save_steps=1,
+                      eval_ratios=(1.0, 0.7, 0.5))
+PROFILE_SETTINGS = {"small": (FULL, SMOKE), "scale": (SCALE, SCALE_SMOKE)}
+# what a scale variant must show to count as following γ (issue 28)
+SCALE_GOAL = {"max_inversions": 1, "max_ratio_at_0.5": 0.75, "min_ratio_at_0.9": 0.85}
 
 
 # ---------------------------------------------------------------- the word-dropping scorer
@@ -401,6 +453,94 @@ def render_markdown(results: Sequence[dict], base: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scale_goal_failures(result: dict) -> list[str]:
+    """Which of issue 28's criteria for "the adapter follows γ" a scale variant misses (empty: all met):
+    mean CoT tokens falling with γ with at most one inversion, ratio against its own γ = 1.0 at most 0.75
+    at γ = 0.5 and at least 0.85 at γ = 0.9."""
+    per = result.get("per_gamma", {})
+    failures = []
+    inversions = result.get("inversions")
+    if inversions is None or inversions > SCALE_GOAL["max_inversions"]:
+        failures.append(f"inversions {inversions}")
+    at_half = per.get("0.5", {}).get("self_ratio")
+    if at_half is None or at_half > SCALE_GOAL["max_ratio_at_0.5"]:
+        failures.append(f"ratio@0.5 {_f(at_half, '{:.2f}')}")
+    at_nine = per.get("0.9", {}).get("self_ratio")
+    if at_nine is None or at_nine < SCALE_GOAL["min_ratio_at_0.9"]:
+        failures.append(f"ratio@0.9 {_f(at_nine, '{:.2f}')}")
+    return failures
+
+
+def render_matrix(matrix: dict) -> list[str]:
+    """The γ-probe matrix as a markdown table, each row's best cell in bold."""
+    ratios = [_num(r) for r in matrix["ratios"]]
+    lines = ["| data γd \\ tag γp | " + " | ".join(r if r != "1" else "1 (none)" for r in ratios) + " |",
+             "|---" * (len(ratios) + 1) + "|"]
+    for ratio, row in zip(ratios, matrix["mean_loglik"]):
+        best = max(row)
+        lines.append(f"| {ratio} | " + " | ".join(f"**{v:.3f}**" if v == best else f"{v:.3f}" for v in row) + " |")
+    return lines
+
+
+def render_scale_markdown(results: Sequence[dict]) -> str:
+    """Per scale variant: the generation table (base model and every γ), whether it follows γ, the
+    γ-probe matrix, and where its records and time went."""
+    out: list[str] = []
+    for result in results:
+        out.append(f"### {result['name']}: {result.get('levers', '')}")
+        out.append("")
+        if result.get("error"):
+            out += [f"failed: {result['error']}", ""]
+            continue
+        settings = result.get("settings", {})
+        out.append(f"`{result.get('command', '')}` — {settings.get('test_questions')} GSM8K test questions, "
+                   f"{settings.get('eval_tokens')} tokens, greedy; ratios against the adapter's own γ = 1.0 run.")
+        out += ["", "| run | mean CoT tokens | median | capped | vs γ=1.0 (all) | vs γ=1.0 (both correct, n) | "
+                "vs base | accuracy % |", "|---|---|---|---|---|---|---|---|"]
+        base = result.get("base") or {}
+        out.append(f"| base model | {_f(base.get('mean'), '{:.1f}')} | {_f(base.get('median'), '{:.1f}')} | "
+                   f"{_f(base.get('capped'), '{}')} | – | – | 1.00 | {_f(base.get('accuracy'), '{:.1f}')} |")
+        for ratio in result.get("eval_ratios", []):
+            row = result.get("per_gamma", {}).get(ratio_tag(ratio), {})
+            out.append(
+                f"| adapter, γ = {_num(ratio)} | {_f(row.get('mean'), '{:.1f}')} | {_f(row.get('median'), '{:.1f}')} | "
+                f"{_f(row.get('capped'), '{}')} | {_f(row.get('self_ratio'), '{:.2f}')} | "
+                f"{_f(row.get('self_ratio_both_correct'), '{:.2f}')} ({_f(row.get('n_both_correct'), '{}')}) | "
+                f"{_f(row.get('ratio_vs_base'), '{:.2f}')} | {_f(row.get('accuracy'), '{:.1f}')} |")
+        failures = scale_goal_failures(result)
+        out += ["", f"Inversions: {_f(result.get('inversions'), '{}')} of {_f(result.get('pairs'), '{}')}. "
+                f"Follows γ (issue 28's criteria): {'yes' if not failures else 'no (' + ', '.join(failures) + ')'}.",
+                ""]
+        matrix = result.get("gamma_matrix") or {}
+        for name in ("adapter", "base"):
+            if name not in matrix:
+                continue
+            m = matrix[name]
+            out += [f"γ-probe, {name}: mean log-likelihood per token of {m['n_questions']} held-out CoTs "
+                    f"(rows: compressed at γd; columns: prompt tag γp). Compressed rows whose best tag is their "
+                    f"own: {m['compressed_rows_peaking_at_own_tag']} of {m['compressed_rows']}; spread over the "
+                    f"tags per row: {' / '.join(f'{v:.3f}' for v in m['tagged_spread'])}.", ""]
+            out += render_matrix(m) + [""]
+        records = result.get("records") or {}
+        seconds = result.get("seconds", {})
+        segments = result.get("train_segments") or []
+        curve = result.get("loss_curve") or []
+        out += [
+            f"Training records: {_f(result.get('train_records'), '{}')} ({_f(records.get('own'), '{}')} questions "
+            f"with the model's own correct CoT, {_f(records.get('reference'), '{}')} with GSM8K's reference solution); "
+            "per tag: " + ", ".join(f"{k}: {v}" for k, v in (result.get("records_per_gamma") or {}).items()) + ". "
+            "Train-data ratio per γ: " + ", ".join(
+                f"{k}: {_f(v, '{:.2f}')}" for k, v in (result.get("train_data_ratios") or {}).items()) + ".",
+            "",
+            f"Time (2 cores): stage 1 {_minutes(seconds.get('stage1'))}, stage 2 {_minutes(seconds.get('stage2'))}, "
+            f"stage 3 {_minutes(seconds.get('stage3'))}, training {_minutes(seconds.get('train'))} "
+            f"({len(segments)} run{'s' if len(segments) != 1 else ''}), evaluation {_minutes(seconds.get('eval'))}, "
+            f"γ-probe {_minutes(seconds.get('probe'))}. Loss {_f(curve[0][1] if curve else None, '{:.3f}')} at step "
+            f"{curve[0][0] if curve else '–'} → {_f(curve[-1][1] if curve else None, '{:.3f}')} at step "
+            f"{curve[-1][0] if curve else '–'}.", ""]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------- running the stages
 
 class StepFailed(RuntimeError):
@@ -429,11 +569,16 @@ class _LoadSampler:
         self.thread.join()
 
 
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+
+
 @dataclass
 class Bench:
     out: Path
-    settings: Settings
+    settings: Settings  # the settings of the variant being run (use() switches profiles)
     python: str = sys.executable
+    profiles: dict = field(default_factory=dict)  # profile -> Settings
+    smoke: bool = False
     log_dir: Path = field(init=False)
     timings: dict = field(init=False)
 
@@ -443,6 +588,9 @@ class Bench:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.timings = _read_json(self.out / "timings.json") or {}
         self.started = time.monotonic()
+
+    def use(self, variant: Variant) -> None:
+        self.settings = self.profiles.get(variant.profile, self.settings)
 
     # -------------------------------------------------------- plumbing
 
@@ -488,11 +636,26 @@ class Bench:
         _write_json(self.out / "timings.json", self.timings)
         return seconds
 
+    def gsm8k_file(self, split: str) -> Path:
+        """GSM8K's train or test file from the data folder; the smoke test falls back on the sample sets
+        (GSM8K's format) where the data folder is absent."""
+        path = Path(self.env()["TOKENSKIP_DATA_DIR"]) / "gsm8k" / f"{split}.jsonl"
+        if path.is_file():
+            return path
+        if self.smoke:
+            return SAMPLE_TRAIN if split == "train" else SAMPLE_TEST
+        raise StepFailed(f"{path} is missing: the scale variants read GSM8K from TOKENSKIP_DATA_DIR "
+                         "(a folder with gsm8k/train.jsonl and gsm8k/test.jsonl)")
+
+    def test_file(self) -> Path:
+        return self.gsm8k_file("test") if self.settings.test_set == "gsm8k" else SAMPLE_TEST
+
     def eval_args(self, output_dir: Path) -> list[str]:
         s = self.settings
         return [self.python, "evaluation.py", "--output-dir", str(output_dir), "--model-path", str(MODEL),
                 "--model-size", MODEL_SIZE, "--model-type", MODEL_TYPE, "--benchmark", "gsm8k",
-                "--data-type", "test", "--data-path", str(SAMPLE_TEST), "--max_num_examples", str(s.test_questions),
+                "--data-type", "test", "--data-path", str(self.test_file()),
+                "--max_num_examples", str(s.test_questions),
                 "--max_new_tokens", str(s.eval_tokens), "--eval_batch_size", str(s.eval_batch_size),
                 "--temperature", "0.0", "--seed", str(SEED), "--latency-probe", str(s.latency_probe)]
 
@@ -512,6 +675,8 @@ class Bench:
         if source.kind == "reference":
             self.timed(step, done, lambda: self.write_references(source, samples))
             return samples
+        if source.kind == "mixed":
+            return self.stage1_mixed(source, samples)
         s = self.settings
         n_samples = (s.n_samples or source.n_samples) if source.n_samples > 1 else 1
         command = [self.python, "evaluation.py", "--output-dir", str(self.data_dir(source)),
@@ -524,6 +689,83 @@ class Bench:
             command += ["--n_samples", str(n_samples)]
         self.timed(step, done, lambda: self.run(step, command))
         return samples
+
+    def stage1_mixed(self, source: DataSource, samples: Path) -> Path:
+        """The source's GSM8K train questions (a seeded subset), stage 1 (greedy) on the first
+        `stage1_questions` of them, then one stage-2 input with, per question, the model's own correct CoT
+        where stage 1 found one, else the reference solution; every record says which (`source`)."""
+        from tokenskip.core import layout
+
+        s = self.settings
+        folder = self.data_dir(source)
+        questions = folder / "questions.jsonl"
+        head = folder / "stage1_questions.jsonl"
+        self.timed(f"questions-{source.name}", lambda: questions.is_file() and head.is_file(),
+                   lambda: self.write_questions(source, questions, head))
+        use_vllm = s.stage1_backend == "vllm" and VLLM_PYTHON.is_file()
+        if s.stage1_backend == "vllm" and not use_vllm:
+            self.say(f"stage1-{source.name}: {VLLM_PYTHON} is absent (`make setup-vllm`); the transformers "
+                     "backend answers instead (about 3x slower)")
+        python = str(VLLM_PYTHON) if use_vllm else self.python
+        command = [python, "evaluation.py", "--output-dir", str(folder), "--model-path", str(MODEL),
+                   "--model-size", MODEL_SIZE, "--model-type", MODEL_TYPE, "--benchmark", "gsm8k",
+                   "--data-type", "train", "--data-path", str(head), "--max_new_tokens", str(s.stage1_tokens),
+                   "--temperature", "0", "--seed", str(SEED)]
+        # vLLM: chunks of 250 prompts reach the disk as they finish (a kill loses at most one)
+        command += ["--backend", "vllm", "--eval_batch_size", "250"] if use_vllm else [
+            "--backend", "hf", "--eval_batch_size", str(s.eval_batch_size)]
+        step = f"stage1-{source.name}"
+        self.timed(step, lambda: (samples / layout.METRICS).is_file(), lambda: self.run(step, command))
+        mixed = layout.stage1_samples(layout.model_dir(self.out / "data" / f"{source.name}-mixed", MODEL_SIZE))
+        self.timed(f"mix-{source.name}", lambda: (mixed / layout.METRICS).is_file(),
+                   lambda: self.write_mixed(questions, samples, mixed))
+        return mixed
+
+    def write_questions(self, source: DataSource, questions: Path, head: Path) -> None:
+        """questions.jsonl: the source's questions as GSM8K records with their loader ids (so that stage 1's
+        records and the reference solutions share ids); stage1_questions.jsonl: the first ones, for stage 1."""
+        from tokenskip.core.jsonio import read_jsonl, write_jsonl_atomic
+        from tokenskip.data import benchmarks as data
+
+        s = self.settings
+        path = self.gsm8k_file("train")
+        raw = read_jsonl(path, what="train file")
+        examples = data.load_examples("gsm8k", "train", path)
+        count = source.questions
+        if s.mixed_questions:
+            count = min(count or s.mixed_questions, s.mixed_questions)
+        index = {example.id: i for i, example in enumerate(examples)}
+        picked = [{"id": example.id, "question": raw[index[example.id]]["question"],
+                   "answer": raw[index[example.id]]["answer"]} for example in data.subsample(examples, count, SEED)]
+        write_jsonl_atomic(questions, picked)
+        write_jsonl_atomic(head, picked[:s.stage1_questions])
+
+    def write_mixed(self, questions: Path, stage1: Path, mixed: Path) -> None:
+        from tokenskip.core import layout
+        from tokenskip.core.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+        from tokenskip.data import benchmarks as data
+
+        own: dict[str, list[dict]] = {}
+        answered = 0
+        for record in read_jsonl(stage1 / layout.PREDICTIONS, what="stage-1 predictions"):
+            answered += 1
+            if record.get("accuracy") is True:
+                own.setdefault(str(record["id"]), []).append({**record, "source": "model"})
+        raw = read_jsonl(questions, what="questions file")
+        examples = data.load_examples("gsm8k", "train", questions)
+        records = []
+        for example, line in zip(examples, raw):
+            records += own.get(example.id) or [reference_record(example, line["answer"])]
+        counts = {"questions": len(raw), "stage1_questions": answered, "own": sum(1 for e in examples if e.id in own),
+                  "reference": sum(1 for e in examples if e.id not in own), "records": len(records)}
+        mixed.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(mixed / layout.PREDICTIONS, records)
+        write_json_atomic(mixed / layout.METRICS, {
+            "model_path": str(MODEL), "data_type": "train", "method": "mixed", "n_samples": len(records),
+            "accuracy": 1.0, "source": str(questions), "stage1": str(stage1), "counts": counts,
+            "note": "the model's own correct CoTs, else GSM8K's reference solution (bench/bench_control.py)"})
+        self.say(f"mixed CoTs: stage 1 answered {answered} of {len(raw)} questions; {counts['own']} with the model's "
+                 f"own correct CoT, {counts['reference']} with the reference solution ({len(records)} records)")
 
     def write_references(self, source: DataSource, samples: Path) -> None:
         from tokenskip.core import layout
@@ -558,13 +800,16 @@ class Bench:
         return layout.model_dir(self.out / "stage2" / f"{source.name}-{scorer}", MODEL_SIZE)
 
     def stage2(self, source: DataSource, scorer: str) -> Path:
+        return self.compress(f"{source.name}-{scorer}", self.stage1(source), scorer)
+
+    def compress(self, key: str, samples: Path, scorer: str) -> Path:
+        """Stage 2 over a stage-1 samples folder, in stage2/{key}; its `{output-dir}/{size}` folder."""
         from tokenskip.core import layout
 
-        samples = self.stage1(source)
-        model_dir = self.stage2_dir(source, scorer)
+        model_dir = layout.model_dir(self.out / "stage2" / key, MODEL_SIZE)
         target = layout.stage1_samples(model_dir)
         folder = layout.compression_dir(model_dir, STAGE3_METHOD[scorer])
-        step = f"stage2-{source.name}-{scorer}"
+        step = f"stage2-{key}"
 
         def action() -> float:
             target.mkdir(parents=True, exist_ok=True)
@@ -653,6 +898,7 @@ class Bench:
     def run_variant(self, variant: Variant, command: str) -> dict:
         from tokenskip.core import layout
 
+        self.use(variant)
         result_path = self.variant_dir(variant) / "result.json"
         if result_path.is_file():
             self.say(f"variant {variant.name}: result exists, skipped ({result_path})")
@@ -668,32 +914,12 @@ class Bench:
                              "delete it or give the variant another name")
         root.mkdir(parents=True, exist_ok=True)
         _write_json(root / "spec.json", {"spec": variant.spec(), "settings": asdict(self.settings)})
+        self.train(variant, data_dir, dataset, adapter)
 
-        overrides = [f"dataset={dataset}", f"dataset_dir={data_dir}", f"output_dir={adapter}",
-                     f"num_train_epochs={_num(variant.epochs)}", f"learning_rate={_num(variant.lr)}",
-                     f"lora_rank={variant.rank}", f"lora_alpha={2 * variant.rank}", f"seed={SEED}"]
-        if self.settings.max_steps:
-            overrides.append(f"max_steps={self.settings.max_steps}")
-        cli = Path(self.python).parent / "llamafactory-cli"
-        train_command = [str(cli) if cli.exists() else "llamafactory-cli", "train", str(CPU_RECIPE), *overrides]
-        step = f"train-{variant.name}"
-        self.timed(step, lambda: (adapter / "adapter_model.safetensors").is_file(),
-                   lambda: self.run(step, train_command))
-
-        base_samples = self.base()
-        model_dir = layout.model_dir(root / "runs", MODEL_SIZE)
-        copy = layout.original_samples(model_dir, "test")
-        copy.mkdir(parents=True, exist_ok=True)
-        for name in (layout.METRICS, layout.PREDICTIONS, layout.RUN_SETTINGS):
-            if (base_samples / name).is_file():
-                shutil.copy2(base_samples / name, copy / name)
-        runs = [layout.samples_dir(layout.run_dir(model_dir, method="tokenskip", ratio=r, data_type="test"))
-                for r in EVAL_RATIOS]
-        step = f"eval-{variant.name}"
-        self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
-                   lambda: self.run(step, [*self.eval_args(root / "runs"), "--use_adapter", "--adapter-path",
-                                           str(adapter), "--label", variant.name,
-                                           "--compression_ratio", *map(str, EVAL_RATIOS)]))
+        if variant.scale:
+            self.evaluate_scale(variant, root, adapter)
+        else:
+            self.evaluate_small(variant, root, adapter)
 
         result = self.measure(variant, root / "runs", command)
         result["train_records"] = n_records
@@ -703,9 +929,190 @@ class Bench:
         result["train_data_ratio_0.5"] = ((summary or {}).get("ratios", {}).get("0.5") or {}).get("mean_actual_ratio")
         result["train_data_cots"] = (summary or {}).get("n_compressed")
         result["seconds"] = self.costs(variant, dataset)
+        if variant.scale:
+            result.update(self.scale_extras(variant, source, summary, data_dir / f"{dataset}.json", adapter, root))
         _write_json(result_path, result)
         self.say(f"variant {variant.name}: wrote {result_path}")
         return result
+
+    # -------------------------------------------------------- stage 4
+
+    def train(self, variant: Variant, data_dir: Path, dataset: str, adapter: Path) -> None:
+        s = self.settings
+        overrides = [f"dataset={dataset}", f"dataset_dir={data_dir}", f"output_dir={adapter}",
+                     f"num_train_epochs={_num(variant.epochs)}", f"learning_rate={_num(variant.lr)}",
+                     f"lora_rank={variant.rank}", f"lora_alpha={2 * variant.rank}", f"seed={SEED}"]
+        if variant.scale:
+            # TokenSkip's global batch of 8 in one step (2 cores gain nothing from accumulation)
+            overrides += [f"per_device_train_batch_size={s.train_batch}", "gradient_accumulation_steps=1"]
+        if s.length_grouping:  # batches of similar lengths pad less: ~20% faster here than random batches
+            overrides.append("train_sampling_strategy=group_by_length")
+        if s.save_steps:
+            # checkpoints every few minutes; with overwrite_output_dir off, LLaMA-Factory resumes the rerun of the
+            # same command from the last one (optimizer, scheduler, RNG and data order included)
+            overrides += ["save_strategy=steps", f"save_steps={s.save_steps}", "save_total_limit=2",
+                          "overwrite_output_dir=false"]
+        if s.max_steps:
+            overrides.append(f"max_steps={s.max_steps}")
+        cli = Path(self.python).parent / "llamafactory-cli"
+        train_command = [str(cli) if cli.exists() else "llamafactory-cli", "train", str(CPU_RECIPE), *overrides]
+        step = f"train-{variant.name}"
+        self.timed(step, lambda: (adapter / "adapter_model.safetensors").is_file(),
+                   lambda: self.train_segment(step, train_command, adapter))
+
+    def train_segment(self, step: str, command: list[str], adapter: Path) -> float:
+        """Run (or resume) training; its compute time over every run of it: an interrupted run counts up to
+        the last checkpoint it saved (the steps after it are done again by the next run)."""
+        segments = self.timings.setdefault(f"{step}:segments", [])
+        if segments and segments[-1].get("end") is None:
+            saved = [c.stat().st_mtime for c in adapter.glob("checkpoint-*")
+                     if c.stat().st_mtime >= segments[-1]["start"]]
+            segments[-1].update(end=max(saved, default=segments[-1]["start"]), interrupted=True)
+        last = _last_checkpoint(adapter)
+        segments.append({"start": time.time(), "end": None, "resumed_from": last.name if last else None})
+        _write_json(self.out / "timings.json", self.timings)
+        if last:
+            self.say(f"{step}: resuming from {last}")
+        self.run(step, command)
+        segments[-1]["end"] = time.time()
+        return sum(segment["end"] - segment["start"] for segment in segments)
+
+    # -------------------------------------------------------- stage 5
+
+    def evaluate_small(self, variant: Variant, root: Path, adapter: Path) -> None:
+        from tokenskip.core import layout
+
+        base_samples = self.base()
+        model_dir = layout.model_dir(root / "runs", MODEL_SIZE)
+        copy = layout.original_samples(model_dir, "test")
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in (layout.METRICS, layout.PREDICTIONS, layout.RUN_SETTINGS):
+            if (base_samples / name).is_file():
+                shutil.copy2(base_samples / name, copy / name)
+        runs = [layout.samples_dir(layout.run_dir(model_dir, method="tokenskip", ratio=r, data_type="test"))
+                for r in self.settings.eval_ratios]
+        step = f"eval-{variant.name}"
+        self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
+                   lambda: self.run(step, [*self.eval_args(root / "runs"), "--use_adapter", "--adapter-path",
+                                           str(adapter), "--label", variant.name,
+                                           "--compression_ratio", *map(str, self.settings.eval_ratios)]))
+
+    def evaluate_scale(self, variant: Variant, root: Path, adapter: Path) -> None:
+        """The base model and the adapter at every γ in one call (one load each), then report.py's tables
+        and plots of that tree, then the γ-probe matrix."""
+        from tokenskip.core import layout
+
+        ratios = self.settings.eval_ratios
+        model_dir = layout.model_dir(root / "runs", MODEL_SIZE)
+        runs = [layout.original_samples(model_dir, "test")] + [
+            layout.samples_dir(layout.run_dir(model_dir, method="tokenskip", ratio=r, data_type="test"))
+            for r in ratios]
+        step = f"eval-{variant.name}"
+        self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
+                   lambda: self.run(step, [*self.eval_args(root / "runs"), "--runs", "original", "tokenskip",
+                                           "--adapter-path", str(adapter), "--label", variant.name,
+                                           "--compression_ratio", *map(str, ratios)]))
+        self.run(f"report-{variant.name}", [self.python, "report.py", str(root / "runs")])
+        self.timed(f"probe-{variant.name}", lambda: (root / "gamma_matrix.json").is_file(),
+                   lambda: self.probe(variant, adapter, root))
+
+    # -------------------------------------------------------- the γ-probe matrix
+
+    def heldout(self, scorer: str) -> Path:
+        """GSM8K test questions that no evaluation here answers, their reference solutions compressed by
+        `scorer` at every training γ: the γ-probe's CoTs. Its stage-2 `{output-dir}/{size}` folder."""
+        from tokenskip.core import layout
+        from tokenskip.core.jsonio import read_jsonl, write_json_atomic, write_jsonl_atomic
+        from tokenskip.data import benchmarks as data
+
+        s = self.settings
+        samples = layout.stage1_samples(layout.model_dir(self.out / "data" / "heldout", MODEL_SIZE))
+
+        def write() -> None:
+            path = self.gsm8k_file("test")
+            raw = read_jsonl(path, what="test file")
+            examples = data.load_examples("gsm8k", "test", path)
+            evaluated = {example.id for example in data.subsample(examples, s.test_questions, SEED)}
+            rest = [i for i, example in enumerate(examples) if example.id not in evaluated]
+            picked = sorted(random.Random(SEED).sample(rest, min(s.heldout_questions, len(rest))))
+            records = [reference_record(examples[i], raw[i]["answer"]) for i in picked]
+            samples.mkdir(parents=True, exist_ok=True)
+            write_jsonl_atomic(samples / layout.PREDICTIONS, records)
+            write_json_atomic(samples / layout.METRICS, {
+                "model_path": str(MODEL), "data_type": "train", "method": "reference", "n_samples": len(records),
+                "accuracy": 1.0, "source": str(path), "excluded": f"the {len(evaluated)} evaluated questions",
+                "note": "held-out reference solutions for the γ-probe matrix (bench/bench_control.py)"})
+
+        self.timed("heldout", lambda: (samples / layout.METRICS).is_file(), write)
+        return self.compress(f"heldout-{scorer}", samples, scorer)
+
+    def probe(self, variant: Variant, adapter: Path, root: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        from tokenskip.data.records import question_of
+        from tokenskip.evaluation.likelihood import HeldOutCoT, gamma_matrix
+        from tokenskip.models.loading import load_causal_lm
+        from tokenskip.reporting.plots import gamma_matrix_plot
+        from tokenskip.stages.llamafactory import final_answer_text, load_aligned, training_record
+
+        ratios = list(self.settings.eval_ratios)  # 1.0 first, then the tags in falling order
+        originals, compressed = load_aligned(self.heldout(variant.scorer), STAGE3_METHOD[variant.scorer], ratios[1:])
+        items = [HeldOutCoT(str(o["id"]), question_of(o), final_answer_text(o["prediction"]),
+                            {1.0: o["cot"], **{r: compressed[r][o["id"]]["compressed_cot"] for r in ratios[1:]}})
+                 for o in originals]
+
+        def target_of(cot: str, answer: str) -> str:  # stage 3's output field (it does not depend on γ)
+            return training_record("", cot, answer, 1.0, MODEL_TYPE)["output"]
+
+        self.say(f"probe-{variant.name}: {len(items)} held-out questions x {len(ratios)} data ratios x "
+                 f"{len(ratios)} tags, teacher-forced")
+        tokenizer = AutoTokenizer.from_pretrained(str(MODEL))
+
+        def measure(adapter_path: str | None) -> dict:
+            model = load_causal_lm(str(MODEL), device="cpu", dtype=torch.float32, adapter_path=adapter_path)
+            return gamma_matrix(model, tokenizer, items, ratios, model_type=MODEL_TYPE, target_of=target_of)
+
+        # the base model's matrix (it never saw a tag: what the data alone does to each row) is the same for
+        # every variant on these held-out CoTs: computed once
+        base_file = self.out / "probe" / f"base-{variant.scorer}-{len(items)}x{len(ratios)}.json"
+        matrix = {"adapter": measure(str(adapter)), "base": _read_json(base_file)}
+        if matrix["base"] is None:
+            matrix["base"] = measure(None)
+            _write_json(base_file, matrix["base"])
+        matrix["heldout"] = "GSM8K test reference solutions outside the evaluated questions, compressed by " \
+                            f"{variant.scorer} as the training data"
+        _write_json(root / "gamma_matrix.json", matrix)
+        gamma_matrix_plot(matrix["adapter"], root / "gamma_matrix.png",
+                          f"{variant.name}: mean log-lik/token of held-out CoTs (n={len(items)})")
+        self.say(f"probe-{variant.name}: rows peaking at their own tag (tagged columns): "
+                 f"{matrix['adapter']['compressed_rows_peaking_at_own_tag']} of {matrix['adapter']['compressed_rows']}")
+
+    def scale_extras(self, variant: Variant, source: DataSource, summary: dict | None, dataset_file: Path,
+                     adapter: Path, root: Path) -> dict:
+        """What a scale variant's result adds: where its records came from, per-γ counts, the train-data
+        ratio at every γ, the loss curve, the training segments and the γ-probe matrix."""
+        from tokenskip.core import layout
+
+        mixed = layout.stage1_samples(layout.model_dir(self.out / "data" / f"{source.name}-mixed", MODEL_SIZE))
+        records = json.loads(dataset_file.read_text(encoding="utf-8"))
+        per_tag: dict[str, int] = {}
+        for record in records:
+            found = re.search(r"<\|eot_id\|>([0-9.]+)<\|eot_id\|>", record["input"])
+            tag = found.group(1) if found else "1.0"
+            per_tag[tag] = per_tag.get(tag, 0) + 1
+        state = _read_json(adapter / "trainer_state.json") or {}
+        return {
+            "records": (_read_json(mixed / layout.METRICS) or {}).get("counts"),
+            "records_per_gamma": dict(sorted(per_tag.items(), key=lambda item: -float(item[0]))),
+            "train_data_ratios": {tag: (entry or {}).get("mean_actual_ratio")
+                                  for tag, entry in ((summary or {}).get("ratios") or {}).items()},
+            "loss_curve": [[entry["step"], entry["loss"]] for entry in state.get("log_history", []) if "loss" in entry],
+            "train_segments": self.timings.get(f"train-{variant.name}:segments"),
+            "gamma_matrix": _read_json(root / "gamma_matrix.json"),
+            "eval_ratios": list(self.settings.eval_ratios),
+            "settings": asdict(self.settings),
+        }
 
     def costs(self, variant: Variant, dataset: str) -> dict:
         t = self.timings
@@ -717,6 +1124,9 @@ class Bench:
             "train": t.get(f"train-{variant.name}"),
             "eval": t.get(f"eval-{variant.name}"),
         }
+        if variant.scale:
+            seconds["mix"] = t.get(f"mix-{source.name}")
+            seconds["probe"] = t.get(f"probe-{variant.name}")
         seconds["train_load"] = t.get(f"train-{variant.name}:load")
         seconds["eval_load"] = t.get(f"eval-{variant.name}:load")
         own = [seconds[k] for k in ("stage3", "train", "eval")]
@@ -727,7 +1137,7 @@ class Bench:
 
     def measure(self, variant: Variant, tree: Path, command: str) -> dict:
         return {"name": variant.name, "spec": variant.spec(), "levers": variant.levers(), "note": variant.note,
-                "command": command, **variant_metrics(tree, variant.name)}
+                "profile": variant.profile, "command": command, **variant_metrics(tree, variant.name)}
 
 
 def variant_metrics(tree: Path, label: str) -> dict:
@@ -782,6 +1192,11 @@ def token_speedup(base: dict[str, int], run: dict[str, int]) -> float | None:
     ids = base.keys() & run.keys()
     mine = sum(run[i] for i in ids)
     return sum(base[i] for i in ids) / mine if mine else None
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    found = [(int(c.name.split("-")[1]), c) for c in folder.glob("checkpoint-*") if c.name.split("-")[1].isdigit()]
+    return max(found)[1] if found else None
 
 
 def _read_json(path: Path):
@@ -843,8 +1258,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    settings = SMOKE if args.smoke else FULL
+def settings_of(args: argparse.Namespace, profile: str = "small") -> Settings:
+    settings = PROFILE_SETTINGS[profile][1 if args.smoke else 0]
     for key in ("train_questions", "ref_questions", "test_questions"):
         value = getattr(args, key)
         if value is not None:
@@ -869,7 +1284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         variants = select_variants(args.variants, args.add)
-        settings = settings_of(args)
+        profiles = {profile: settings_of(args, profile) for profile in PROFILES}
     except ValueError as exc:
         parser.error(str(exc))
     if args.list:
@@ -880,8 +1295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {MODEL} is missing; run `.venv/bin/python download_models.py --embedded`", file=sys.stderr)
         return 2
     out = args.out_dir or (Path(tempfile.mkdtemp(prefix="bench_control_smoke_")) if args.smoke else DEFAULT_OUT)
-    bench = Bench(out, settings)
-    bench.say(f"out dir {bench.out}; variants {', '.join(v.name for v in variants)}; settings {asdict(settings)}")
+    settings = profiles[variants[0].profile]
+    bench = Bench(out, settings, profiles=profiles, smoke=args.smoke)
+    bench.say(f"out dir {bench.out}; variants {', '.join(v.name for v in variants)}; settings "
+              f"{ {p: asdict(profiles[p]) for p in sorted({v.profile for v in variants})} }")
     started = time.monotonic()
     results = []
     for variant in variants:
@@ -889,19 +1306,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(bench.run_variant(variant, variant_command(variant, args)))
         except (StepFailed, OSError) as exc:
             bench.say(f"variant {variant.name} FAILED: {exc}")
-            results.append({"name": variant.name, "levers": variant.levers(), "error": str(exc)})
+            results.append({"name": variant.name, "levers": variant.levers(), "profile": variant.profile,
+                            "error": str(exc)})
         except Exception as exc:  # a UsageError of an in-process stage (word-drop), a report error
             bench.say(f"variant {variant.name} FAILED: {type(exc).__name__}: {exc}")
-            results.append({"name": variant.name, "levers": variant.levers(), "error": f"{type(exc).__name__}: {exc}"})
-    base = next((r["base"] for r in results if r.get("base")), None)
-    text = render_markdown(results, base)
+            results.append({"name": variant.name, "levers": variant.levers(), "profile": variant.profile,
+                            "error": f"{type(exc).__name__}: {exc}"})
+    small = [r for r in results if r.get("profile", "small") == "small"]
+    base = next((r["base"] for r in small if r.get("base")), None)
+    text = "\n".join(filter(None, [render_markdown(small, base) if small else "",
+                                   render_scale_markdown([r for r in results if r.get("profile") == "scale"])]))
     markdown_path = args.markdown or bench.out / "results.md"
     markdown_path.write_text(text, encoding="utf-8")
     print()
     print(text)
     total = time.monotonic() - started
     bench.say(f"total wall time of this invocation {_minutes(total)}; tables in {markdown_path}")
-    payload = {"settings": asdict(settings), "out_dir": str(bench.out), "wall_seconds": round(total, 1),
+    payload = {"settings": {p: asdict(v) for p, v in profiles.items()}, "out_dir": str(bench.out),
+               "wall_seconds": round(total, 1),
                "timings": bench.timings, "base": base, "results": results}
     _write_json(bench.out / "results.json", payload)
     if args.json:

@@ -140,3 +140,69 @@ def test_render_markdown_from_hand_made_metrics():
 def test_token_speedup_pairs_questions():
     assert bc.token_speedup({"a": 100, "b": 50, "c": 10}, {"a": 50, "b": 25}) == 2.0
     assert bc.token_speedup({"a": 100}, {"b": 10}) is None
+
+
+def test_scale_variants_are_listed_and_reach_the_papers_scale():
+    scale = [v for v in bc.VARIANTS if v.scale]
+    assert {v.name for v in scale} >= {"S3", "S7"}
+    for variant in scale:
+        source = bc.DATA_SOURCES[variant.data]
+        assert source.kind == "mixed" and (source.questions is None or source.questions >= 3000)
+        assert variant.mix == "sample"  # one γ per question, as the original draws it
+        assert bc.parse_spec(variant.spec()) == bc.replace(variant, note="")
+    assert bc.SCALE.test_questions >= 200 and bc.SCALE.eval_ratios == (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+    assert bc.SCALE.save_steps and bc.SCALE.train_batch == 8
+    with pytest.raises(ValueError, match="profile:scale"):
+        bc.select_variants(None, ["W=data:gsm8k-3k"])  # GSM8K-scale data on the small profile
+    with pytest.raises(ValueError, match="profile must be one of"):
+        bc.select_variants(None, ["W=profile:huge"])
+
+
+def test_scale_goal_needs_falling_lengths_and_both_ratios():
+    good = {"inversions": 1, "per_gamma": {"0.5": {"self_ratio": 0.7}, "0.9": {"self_ratio": 0.9}}}
+    assert bc.scale_goal_failures(good) == []
+    flat = {"inversions": 0, "per_gamma": {"0.5": {"self_ratio": 0.95}, "0.9": {"self_ratio": 0.97}}}
+    assert bc.scale_goal_failures(flat) == ["ratio@0.5 0.95"]
+    inverted = {"inversions": 3, "per_gamma": {"0.5": {"self_ratio": 0.6}, "0.9": {"self_ratio": 0.8}}}
+    assert bc.scale_goal_failures(inverted) == ["inversions 3", "ratio@0.9 0.80"]
+
+
+@pytest.mark.slow
+def test_scale_smoke_runs_end_to_end_and_training_resumes(tmp_path):
+    """`--smoke --variants S3`: every stage on tiny settings (GSM8K from the data folder, else the sample
+    sets), then a rerun after the adapter's final save is lost resumes from the last checkpoint."""
+    import json
+    import subprocess
+
+    out = tmp_path / "bc"
+    command = [sys.executable, str(ROOT / "bench" / "bench_control.py"), "--smoke", "--variants", "S3",
+               "--out-dir", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "variants" / "S3" / "result.json").read_text())
+    assert result["profile"] == "scale" and result["eval_ratios"] == [1.0, 0.7, 0.5]
+    records = result["records"]
+    assert records["own"] + records["reference"] == records["questions"] == 10 == result["train_records"]
+    assert records["stage1_questions"] == 4
+    assert sum(result["records_per_gamma"].values()) == 10
+    assert set(result["per_gamma"]) == {"1.0", "0.7", "0.5"} and result["base"]["n"] == 3
+    for name in ("adapter", "base"):
+        matrix = result["gamma_matrix"][name]
+        assert matrix["ratios"] == [1.0, 0.7, 0.5] and matrix["n_questions"] == 2
+        assert len(matrix["mean_loglik"]) == 3 and all(len(row) == 3 for row in matrix["mean_loglik"])
+    assert (out / "variants" / "S3" / "gamma_matrix.png").is_file()
+    assert (out / "variants" / "S3" / "runs" / "results.md").is_file()
+    assert "### S3" in done.stdout and "γ-probe, adapter" in done.stdout
+
+    # an interrupted training run: checkpoints, no final adapter -> the rerun resumes from the last checkpoint
+    adapter = out / "variants" / "S3" / "adapter"
+    assert sorted(c.name for c in adapter.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    (adapter / "adapter_model.safetensors").unlink()
+    (out / "variants" / "S3" / "result.json").unlink()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming from" in done.stdout and "checkpoint-2" in done.stdout
+    log = (out / "logs" / "train-S3.log").read_text()
+    assert "Resuming training from" in log
+    segments = json.loads((out / "variants" / "S3" / "result.json").read_text())["train_segments"]
+    assert len(segments) == 2 and segments[1]["resumed_from"] == "checkpoint-2"

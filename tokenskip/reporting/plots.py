@@ -111,3 +111,39 @@ def adherence_plot(tables: Sequence[Table], path: Path) -> int:
         figure.savefig(handle, format="png", dpi=120, metadata={POINTS_KEY: str(points)})
     plt.close(figure)
     return points
+
+
+def gamma_matrix_plot(matrix: dict, path: Path, title: str) -> int:
+    """The γ-probe matrix (tokenskip/evaluation/likelihood.py) as a heat map: rows data ratio γd,
+    columns prompt tag γp. Colour is each cell minus its row's best, so that every row's peak is the
+    brightest cell whatever the row's level (compressed CoTs are less likely everywhere); the number
+    printed is the raw mean log-likelihood per token, the peak boxed. Returns the number of cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    ratios = [f"{r:g}" for r in matrix["ratios"]]
+    values = matrix["mean_loglik"]
+    relative = [[cell - max(row) for cell in row] for row in values]
+    figure, axis = plt.subplots(figsize=(1.1 * len(ratios) + 2.2, 0.8 * len(ratios) + 1.6))
+    image = axis.imshow(relative, cmap="viridis", vmax=0.0, aspect="auto")
+    for i, row in enumerate(values):
+        peak = max(range(len(row)), key=row.__getitem__)
+        for j, cell in enumerate(row):
+            axis.text(j, i, f"{cell:.3f}", ha="center", va="center", fontsize=8,
+                      color="black" if j == peak else "white")
+        axis.add_patch(Rectangle((peak - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    axis.set_xticks(range(len(ratios)), [r if r != "1" else "1 (none)" for r in ratios])
+    axis.set_yticks(range(len(ratios)), ratios)
+    axis.set_xlabel("prompt tag γp")
+    axis.set_ylabel("data ratio γd of the CoT")
+    axis.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axis, label="log-lik/token − row's best")
+    figure.tight_layout()
+    cells = len(ratios) * len(ratios)
+    with atomic_writer(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=120, metadata={POINTS_KEY: str(cells)})
+    plt.close(figure)
+    return cells
