@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm setup-ray test test-vllm test-all demo bench quality clean
+.PHONY: setup setup-vllm setup-ray test test-vllm test-bench-smoke test-all demo bench quality clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ test: setup
 # the tests that run the real vLLM engine (.venv-vllm, with Ray), from the toolkit's pytest
 test-vllm: setup setup-vllm setup-ray
 	$(BIN)/python -m pytest -m vllm
+
+# bench/bench_control.py --smoke on the scale variant: every stage end to end on tiny settings, and a training
+# run resumed from its last checkpoint (about 5 minutes on 2 cores)
+test-bench-smoke: setup
+	$(BIN)/python -m pytest -m slow tests/pipeline/test_bench_control.py
 
 test-all: setup
 	$(BIN)/python -m pytest -m "slow or not slow"

@@ -168,7 +168,7 @@ def test_scale_goal_needs_falling_lengths_and_both_ratios():
 
 
 @pytest.mark.slow
-def test_scale_smoke_runs_end_to_end_and_training_resumes(tmp_path):
+def test_scale_smoke_runs_end_to_end_and_training_resumes(tmp_path, smollm2_dir):
     """`--smoke --variants S3`: every stage on tiny settings (GSM8K from the data folder, else the sample
     sets), then a rerun after the adapter's final save is lost resumes from the last checkpoint."""
     import json

@@ -11,17 +11,26 @@ from tokenskip.core.errors import UsageError
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a flag's default when it has a meaningful one (not None/False), and keeps epilogs as written."""
+    """Shows a flag's default when it has a meaningful one (not None/False, and not a switch's: a
+    `--no-x` switch's default True says nothing a user can act on), and keeps epilogs as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        switch = action.nargs == 0
+        if not switch and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
 
+def flag_key(flag: str) -> str:
+    """What two spellings of one flag share: `--max_new_tokens` and `--max-new-tokens` are one flag."""
+    return flag.replace("_", "-")
+
+
 class StageParser(argparse.ArgumentParser):
-    """An ArgumentParser whose mistakes (unknown or malformed flags) become one-line UsageErrors."""
+    """An ArgumentParser whose mistakes (unknown or malformed flags) become one-line UsageErrors, and
+    which takes every long flag with `_` or `-` between its words (the original scripts mixed them:
+    `--use_adapter`, `--data-type`); `--help` shows the spelling each flag was defined with."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
@@ -30,6 +39,24 @@ class StageParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def spellings(self) -> dict[str, str]:
+        """Each long flag's key (flag_key) -> the spelling it was defined with."""
+        return {flag_key(flag): flag for flag in self._option_string_actions if flag.startswith("--")}
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        canonical = self.spellings()
+        out = []
+        for index, arg in enumerate(args):
+            if arg == "--":  # what follows is positional, whatever it looks like
+                out += args[index:]
+                break
+            if arg.startswith("--") and arg.split("=", 1)[0] not in self._option_string_actions:
+                name, equals, value = arg.partition("=")
+                arg = canonical.get(flag_key(name), name) + equals + value
+            out.append(arg)
+        return super().parse_known_args(out, namespace)
 
 
 @contextlib.contextmanager

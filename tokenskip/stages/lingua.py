@@ -41,7 +41,8 @@ def build_parser(method: str) -> StageParser:
                                       "auto: the prompt format stage 1 recorded")
     add("--llmlingua-path", default=DEFAULT_LLMLINGUA,
         help="LLMLingua-2 token classifier: a local folder, or a hub name (models/<name> is used when present)")
-    add("--benchmark", choices=TRAIN_BENCHMARKS, default="gsm8k")
+    add("--benchmark", choices=TRAIN_BENCHMARKS, default="gsm8k",
+        help="the benchmark stage 1 answered: names its output folder and how answers are read")
     add("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), help="ratios γ in (0, 1)")
     add("--max-cot-tokens", type=int, default=500, help="drop CoTs longer than this (target-model tokens)")
     add("--tokenizer-path", default=None,

@@ -397,13 +397,15 @@ def build_parser() -> StageParser:
     add("--model-size", default="7b", help="names the default input folder and output file")
     flags.add_model_type(
         parser, help="prompt format the data is built for; auto: the one stage 1 used (recorded in its metrics.json)")
-    add("--benchmark", choices=TRAIN_BENCHMARKS, default="gsm8k")
+    add("--benchmark", choices=TRAIN_BENCHMARKS, default="gsm8k",
+        help="the benchmark stage 1 answered: names the default input folder and output file")
     add("--method", default="llmlingua2",
         help="compression method: llmlingua2, ner, cts or cts_authors (the stage-2 folder it reads)")
     add("--ratios", type=float, nargs="+", default=list(DEFAULT_RATIOS), help="compressed ratios to use")
     add("--mix", choices=("sample", "all"), default="sample",
         help="sample: one γ per question, drawn uniformly from {1.0} ∪ ratios (the original); all: every γ")
-    add("--seed", type=int, default=42)
+    add("--seed", type=int, default=42,
+        help="draws each question's γ (--mix sample) and shuffles the records, as the original does")
     add("--output-file", default=None,
         help="default: outputs/mydataset_compressed_{benchmark}_{method}_{model_type}_{SIZE}.json")
     add("--llamafactory-dir", default=None,
@@ -469,14 +471,30 @@ def dataset_file_name(model_size: str) -> str:
     return default_output_file("gsm8k", "llmlingua2", "qwen", model_size).name
 
 
-def copy_main(argv: Sequence[str] | None = None) -> None:
+LLAMAFACTORY_DIR_HELP = "the LLaMA-Factory checkout whose data/ folder receives the file"
+
+
+def copy_parser() -> StageParser:
     parser = StageParser(prog="copy_to_llamafactory.py", description="Copy a training file into LLaMA-Factory's data/.")
     parser.add_argument("--model-size", default="7b", help="names the default source file")
-    parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory")
+    parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory", help=LLAMAFACTORY_DIR_HELP)
     parser.add_argument("--source-file", default=None, help="default: outputs/<the default dataset file name>")
     parser.add_argument("--target-name", default=None, help="file name inside data/ (default: the source's)")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def register_parser() -> StageParser:
+    parser = StageParser(prog="register_dataset.py", description="Register a training file in dataset_info.json.")
+    parser.add_argument("--model-size", default="7b", help="names the default dataset file")
+    parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory", help=LLAMAFACTORY_DIR_HELP)
+    parser.add_argument("--dataset-file", default=None, help="file name inside data/ (default: the standard name)")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    return parser
+
+
+def copy_main(argv: Sequence[str] | None = None) -> None:
+    args = copy_parser().parse_args(argv)
     source = Path(args.source_file or Path("outputs") / dataset_file_name(args.model_size))
     copied, _ = install(Path(args.llamafactory_dir), args.target_name or source.name, source=source,
                         register=False, overwrite=args.overwrite)
@@ -485,12 +503,7 @@ def copy_main(argv: Sequence[str] | None = None) -> None:
 
 
 def register_main(argv: Sequence[str] | None = None) -> None:
-    parser = StageParser(prog="register_dataset.py", description="Register a training file in dataset_info.json.")
-    parser.add_argument("--model-size", default="7b", help="names the default dataset file")
-    parser.add_argument("--llamafactory-dir", default="./LLaMA-Factory")
-    parser.add_argument("--dataset-file", default=None, help="file name inside data/ (default: the standard name)")
-    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    args = parser.parse_args(argv)
+    args = register_parser().parse_args(argv)
     dataset_file = args.dataset_file or dataset_file_name(args.model_size)
     _, registration = install(Path(args.llamafactory_dir), dataset_file, overwrite=args.overwrite)
     assert registration is not None
