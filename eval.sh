@@ -36,6 +36,7 @@ SYSTEM="${SYSTEM:-}"          # chat models: a system message (empty: none)
 # Engine Settings
 BACKEND="${BACKEND:-auto}"            # auto (vLLM with a GPU, else transformers), vllm, hf, server, ray
 ENFORCE_EAGER="$(yes_no ENFORCE_EAGER "${ENFORCE_EAGER:-0}")"  # vLLM: no torch.compile (faster start, slower steps)
+GPU_MEMORY_UTILIZATION="${GPU_MEMORY_UTILIZATION:-}"  # vLLM on a GPU: share of its memory (empty: vLLM's 0.9), e.g. 0.5 beside training
 SERVER_URL="${SERVER_URL:-}"          # BACKEND=server: the OpenAI-compatible endpoint
 SERVED_MODEL="${SERVED_MODEL:-}"      # BACKEND=server: the base model's served name (empty: the only one served)
 SERVED_ADAPTER="${SERVED_ADAPTER:-}"  # BACKEND=server: the adapter's served name (vllm serve --lora-modules)
@@ -68,6 +69,7 @@ args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --seed "$SEED" --benchmark "$BENCHMARK" --top_p "$TOP_P" --n_samples "$N_SAMPLES")
 [ -n "$EVAL_BATCH_SIZE" ] && args+=(--eval_batch_size "$EVAL_BATCH_SIZE")
 [ "$ENFORCE_EAGER" = 1 ] && args+=(--enforce-eager)
+[ -n "$GPU_MEMORY_UTILIZATION" ] && args+=(--gpu-memory-utilization "$GPU_MEMORY_UTILIZATION")
 [ "$DATA_PARALLEL_SIZE" != 1 ] && args+=(--data-parallel-size "$DATA_PARALLEL_SIZE")
 [ -n "$TENSOR_PARALLEL_SIZE" ] && args+=(--tensor_parallel_size "$TENSOR_PARALLEL_SIZE")
 [ "$PIPELINE_PARALLEL_SIZE" != 1 ] && args+=(--pipeline_parallel_size "$PIPELINE_PARALLEL_SIZE")

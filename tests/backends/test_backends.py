@@ -266,6 +266,31 @@ def test_pipeline_parallel_and_the_executor_reach_the_engine(tiny_lm_dir, tmp_pa
     assert init["distributed_executor_backend"] == "mp"
 
 
+def test_gpu_memory_utilization_reaches_a_gpu_engine_only():
+    from tokenskip.backends.vllm import engine_arguments
+
+    class Tokenizer:
+        name_or_path = "tok"
+
+    def arguments(**extra):
+        return engine_arguments("no-such-model", Tokenizer(), settings=DecodingSettings(max_new_tokens=16),
+                                dtype="float16", **extra)
+
+    assert arguments(on_cpu=False, gpu_memory_utilization=0.45)["gpu_memory_utilization"] == 0.45
+    assert "gpu_memory_utilization" not in arguments(on_cpu=False)  # vLLM's own default
+    # a CPU engine's KV cache is sized from free memory instead: the GPU share means nothing there
+    assert "gpu_memory_utilization" not in arguments(on_cpu=True, gpu_memory_utilization=0.45)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_gpu_memory_utilization_out_of_range_is_one_line(tiny_lm_dir, tmp_path, value):
+    from tokenskip.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="--gpu-memory-utilization is the share"):
+        evaluate.main(["--model-path", str(tiny_lm_dir), "--output-dir", str(tmp_path), "--backend", "vllm",
+                       "--gpu-memory-utilization", value])
+
+
 def test_an_unset_executor_is_left_to_vllm():
     from tokenskip.backends.vllm import engine_arguments
 

@@ -193,3 +193,6 @@ def test_engine_parallel_and_ray_settings_reach_evaluation(fake):
                           DISTRIBUTED_EXECUTOR_BACKEND="ray", USE_ADAPTER="0")
     assert values_of(call, "--pipeline_parallel_size") == ["2"]
     assert values_of(call, "--distributed-executor-backend") == ["ray"]
+    assert "--gpu-memory-utilization" not in call
+    result, [call] = fake("eval.sh", BACKEND="vllm", GPU_MEMORY_UTILIZATION="0.5", USE_ADAPTER="0")
+    assert values_of(call, "--gpu-memory-utilization") == ["0.5"]

@@ -135,6 +135,7 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
         engine = dict(settings=decoding, dtype=dtype_name(resolve_dtype(config.dtype, "cpu" if on_cpu else "cuda")),
                       on_cpu=on_cpu, adapter_path=adapter_path, adapter_rank=(adapter_config or {}).get("r", 8),
                       context=context_length(model_path), enforce_eager=config.enforce_eager,
+                      gpu_memory_utilization=config.gpu_memory_utilization,
                       chunk_size=config.eval_batch_size, pipeline_parallel_size=config.pipeline_parallel_size)
         if config.backend == "ray":
             from tokenskip.backends.ray_data import RayDataBackend

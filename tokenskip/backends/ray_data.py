@@ -78,7 +78,8 @@ class RayDataBackend:
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, replicas: int,
                  tensor_parallel_size: int, pipeline_parallel_size: int, dtype: str, on_cpu: bool,
                  adapter_path: str | None = None, adapter_rank: int = 8, context: int | None = None,
-                 enforce_eager: bool = False, chunk_size: int | None = None):
+                 enforce_eager: bool = False, chunk_size: int | None = None,
+                 gpu_memory_utilization: float | None = None):
         if not ray_available():
             raise UsageError("--backend ray needs Ray beside vLLM: `make setup-ray` installs it into .venv-vllm "
                              "(requirements-ray.txt); run with .venv-vllm/bin/python")
@@ -113,6 +114,7 @@ class RayDataBackend:
             model_path, tokenizer, settings=settings, dtype=dtype, on_cpu=on_cpu,
             tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
             adapter_path=adapter_path, adapter_rank=adapter_rank, context=context, enforce_eager=enforce_eager,
+            gpu_memory_utilization=gpu_memory_utilization,
             # a local instance puts every replica on this machine (a cluster's CPU nodes: at worst the same)
             engines_sharing_memory=replicas)
         self.engine.pop("model")  # Ray Data's `model_source`

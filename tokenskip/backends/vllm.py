@@ -117,7 +117,8 @@ def check_executor(executor: str) -> None:
 def engine_arguments(model_path: str, tokenizer, *, settings: DecodingSettings, dtype: str, on_cpu: bool,
                      tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, executor: str = "auto",
                      adapter_path: str | None = None, adapter_rank: int = 8, context: int | None = None,
-                     enforce_eager: bool = False, engines_sharing_memory: int = 1) -> dict:
+                     enforce_eager: bool = False, engines_sharing_memory: int = 1,
+                     gpu_memory_utilization: float | None = None) -> dict:
     """The engine's arguments (`vllm.LLM(**them)`, or one Ray Data replica's `engine_kwargs`): the
     same model, context, dtype, seed and LoRA settings whichever way the engine is started. On a
     CPU, `engines_sharing_memory` engines split the free memory's KV-cache share."""
@@ -128,6 +129,8 @@ def engine_arguments(model_path: str, tokenizer, *, settings: DecodingSettings, 
         kv_bytes = cpu_kv_cache_bytes(kv_bytes_per_token(model_path, dtype), model_len, free)
         if kv_bytes:
             options["kv_cache_memory_bytes"] = kv_bytes
+    if gpu_memory_utilization is not None and not on_cpu:  # a CPU engine's KV cache is sized above
+        options["gpu_memory_utilization"] = gpu_memory_utilization
     if pipeline_parallel_size > 1:
         options["pipeline_parallel_size"] = pipeline_parallel_size
     if executor != "auto":
@@ -161,7 +164,8 @@ class VLLMBackend:
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, tensor_parallel_size: int,
                  dtype: str, on_cpu: bool, adapter_path: str | None = None, adapter_rank: int = 8,
                  context: int | None = None, enforce_eager: bool = False, chunk_size: int | None = None,
-                 pipeline_parallel_size: int = 1, executor: str = "auto", engines_sharing_memory: int = 1):
+                 pipeline_parallel_size: int = 1, executor: str = "auto", engines_sharing_memory: int = 1,
+                 gpu_memory_utilization: float | None = None):
         from vllm import LLM, SamplingParams
 
         check_executor(executor)
@@ -174,7 +178,8 @@ class VLLMBackend:
             model_path, tokenizer, settings=settings, dtype=dtype, on_cpu=on_cpu,
             tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
             executor=executor, adapter_path=adapter_path, adapter_rank=adapter_rank, context=context,
-            enforce_eager=enforce_eager, engines_sharing_memory=engines_sharing_memory))
+            enforce_eager=enforce_eager, engines_sharing_memory=engines_sharing_memory,
+            gpu_memory_utilization=gpu_memory_utilization))
         self.settings = settings
         self.make_sampling_params = SamplingParams
         self.stop_ids = stop_token_ids(tokenizer)

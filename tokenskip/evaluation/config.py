@@ -63,6 +63,7 @@ class EvalConfig:
     question_field: str | None = None
     answer_field: str | None = None
     enforce_eager: bool = False
+    gpu_memory_utilization: float | None = None  # vLLM: None leaves vLLM's default (0.9)
     server_url: str | None = None
     served_model: str | None = None
     served_adapter: str | None = None
@@ -111,6 +112,9 @@ class EvalConfig:
         if args.n_samples > 1 and args.temperature == 0:
             raise UsageError(f"--n_samples {args.n_samples} with greedy decoding gives {args.n_samples} copies of "
                              "one answer; add --temperature (e.g. 0.6)")
+        if args.gpu_memory_utilization is not None and not 0.0 < args.gpu_memory_utilization <= 1.0:
+            raise UsageError(f"--gpu-memory-utilization is the share of the GPU's memory vLLM may take, in (0, 1]; "
+                             f"got {args.gpu_memory_utilization}")
         if args.latency_probe < 0:
             raise UsageError(f"--latency-probe must be 0 (off) or a number of questions, got {args.latency_probe}")
         if args.use_adapter and not args.adapter_path:

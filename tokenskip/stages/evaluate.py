@@ -116,6 +116,9 @@ def build_parser() -> StageParser:
     add("--distributed-executor-backend", choices=EXECUTORS, default="auto",
         help="vLLM: how one engine's workers run: mp (processes on this node), ray (a Ray cluster: RAY_ADDRESS, or "
              "a local instance; GPUs only), auto (vLLM decides)")
+    add("--gpu-memory-utilization", type=float, default=None, metavar="SHARE",
+        help="vLLM on a GPU: the share of its memory the engine may take for weights and KV cache (vLLM's default "
+             "0.9); lower it on a GPU shared with training or another run, e.g. 0.5")
     add("--enforce-eager", action="store_true",
         help="vLLM: run the model eagerly, without torch.compile and CUDA graphs: a faster start (on a CPU "
              "about a minute less for a small model), slower steps; for short runs and tests")
