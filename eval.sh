@@ -14,8 +14,9 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-$GENERATION_PYTHON}"
 
 BENCHMARK="${BENCHMARK:-gsm8k}"  # "gsm8k", "math"
-OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
 MODEL_PATH="${MODEL_PATH:-$(recorded MODEL_PATH)}"; MODEL_PATH="${MODEL_PATH:-models/Qwen2.5-7B-Instruct}"
+# the outputs follow the model evaluated: outputs/<its folder name>/<benchmark>/
+OUTPUT_DIR="${OUTPUT_DIR:-outputs/$(basename "${MODEL_PATH%/}")/${BENCHMARK}/}"
 MODEL_SIZE="${MODEL_SIZE:-7b}"
 MODEL_TYPE="${MODEL_TYPE:-auto}"  # "auto" (from the chat template), "qwen", "llama3", "chat"
 DATA_TYPE="${DATA_TYPE:-test}"    # "train", "test"
@@ -54,7 +55,10 @@ MERGE_SHARDS="$(yes_no MERGE_SHARDS "${MERGE_SHARDS:-0}")"
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
 USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no too, anything else is an error
-COMPRESSION_RATIO="${COMPRESSION_RATIO:-0.5}"
+# the default γ: 0.5 (the original's) for the adapter and the baselines; 1.0 (no tag) for the base model alone,
+# which never learned the tag
+if [ "$USE_ADAPTER" = 1 ] || [ -n "${BASELINE:-}" ] || [ -n "${RUNS:-}" ]; then DEFAULT_RATIO=0.5; else DEFAULT_RATIO=1.0; fi
+COMPRESSION_RATIO="${COMPRESSION_RATIO:-$DEFAULT_RATIO}"
 RATIOS="${RATIOS-$COMPRESSION_RATIO}"  # `-`, not `:-`: an empty RATIOS is a mistake, refused here
 ratio_list RATIOS "$RATIOS"            # -> RATIO_LIST, or a one-line error
 COMPRESSION_RATIOS=("${RATIO_LIST[@]}")

@@ -79,6 +79,30 @@ def test_use_adapter_refuses_anything_else(fake, tmp_path, value):
     assert calls == []
 
 
+# --- eval.sh: where the outputs go, and the default γ ------------------------------------------
+
+def test_eval_sh_outputs_follow_the_model(fake, tmp_path):
+    result, [call] = fake("eval.sh", OUTPUT_DIR="", MODEL_PATH="models/SmolLM2-135M-Instruct", USE_ADAPTER="0")
+    assert result.returncode == 0, result.stderr
+    assert values_of(call, "--output-dir") == ["outputs/SmolLM2-135M-Instruct/gsm8k/"]
+    result, [call] = fake("eval.sh", OUTPUT_DIR="", MODEL_PATH="/abs/Qwen3-8B/", BENCHMARK="math", USE_ADAPTER="0")
+    assert values_of(call, "--output-dir") == ["outputs/Qwen3-8B/math/"]
+    result, [call] = fake("eval.sh", OUTPUT_DIR="mine/", USE_ADAPTER="0")
+    assert values_of(call, "--output-dir") == ["mine/"]
+
+
+def test_eval_sh_default_ratio_is_untagged_for_the_base_model(fake, tmp_path):
+    # the base model alone never learned the tag: γ 1.0; the adapter and the baselines: the original's 0.5
+    result, [call] = fake("eval.sh", USE_ADAPTER="0")
+    assert values_of(call, "--compression_ratio") == ["1.0"]
+    result, [call] = fake("eval.sh", ADAPTER_PATH=str(tmp_path / "adapter"))
+    assert "--use_adapter" in call and values_of(call, "--compression_ratio") == ["0.5"]
+    result, [call] = fake("eval.sh", USE_ADAPTER="0", BASELINE="truncation")
+    assert values_of(call, "--compression_ratio") == ["0.5"]
+    result, [call] = fake("eval.sh", USE_ADAPTER="0", COMPRESSION_RATIO="0.7")
+    assert values_of(call, "--compression_ratio") == ["0.7"]
+
+
 # --- RATIOS, in every driver that takes it ----------------------------------------------------
 
 # the driver, the environment it needs, and the flag its stage script gets the ratios with
@@ -112,8 +136,8 @@ def test_ratios_must_be_numbers(fake, driver, ratios):
 
 
 def test_unset_ratios_keep_their_defaults(fake):
-    result, [call] = fake("eval.sh")
-    assert values_of(call, "--compression_ratio") == ["0.5"]
+    result, [call] = fake("eval.sh")  # no adapter: the base model, untagged
+    assert values_of(call, "--compression_ratio") == ["1.0"]
     result, [call] = fake("eval.sh", COMPRESSION_RATIO="0.7")
     assert values_of(call, "--compression_ratio") == ["0.7"]
     result, [call] = fake("scripts/2_compress.sh")
