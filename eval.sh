@@ -52,6 +52,7 @@ SHARD_INDEX="${SHARD_INDEX:-}"     # e.g. SHARD_INDEX=$SLURM_ARRAY_TASK_ID
 MERGE_SHARDS="$(yes_no MERGE_SHARDS "${MERGE_SHARDS:-0}")"
 
 # TokenSkip Settings: the adapter is used when ADAPTER_PATH is set (USE_ADAPTER=0 evaluates the base model)
+if [ -n "${ADAPTER_PATH+set}" ]; then ADAPTER_FROM="ADAPTER_PATH"; else ADAPTER_FROM="$PATHS_ENV, where stage 4 recorded it"; fi
 ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
 USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no too, anything else is an error
@@ -67,6 +68,9 @@ LABEL="${LABEL:-}"        # the runs' name in report.py's tables
 RUNS="${RUNS:-}"          # several kinds of run on one loaded model: original tokenskip truncation prompt
 BASELINE_RATIOS="${BASELINE_RATIOS:-}"  # with RUNS: the baselines' ratios (empty: RATIOS below 1)
 
+if [ "$USE_ADAPTER" = 1 ] || [[ " $RUNS " == *" tokenskip "* ]]; then
+    echo "eval.sh: adapter ${ADAPTER_PATH:-(none)} (from $ADAPTER_FROM)" >&2
+fi
 args=(--output-dir "$OUTPUT_DIR" --model-path "$MODEL_PATH"
       --model-size "$MODEL_SIZE" --model-type "$MODEL_TYPE" --data-type "$DATA_TYPE"
       --max_new_tokens "$MAX_NEW_TOKENS" --temperature "$TEMPERATURE" --backend "$BACKEND"

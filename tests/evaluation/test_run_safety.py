@@ -204,6 +204,38 @@ def test_a_run_made_before_data_hashes_still_resumes_and_gets_one(tiny_lm_dir, t
     assert json.loads(run_file.read_text())["data_sha256"] == sha
 
 
+# ---------------------------------------------------------------- the adapter a run was made with
+
+
+def test_the_adapter_is_named_hashed_and_recorded(tiny_lm_dir, tiny_adapter, tmp_path, capsys):
+    from tokenskip.core import layout
+    from tokenskip.models.loading import adapter_sha256
+
+    args = [*cli_args(tiny_lm_dir, tmp_path / "out", "--max_num_examples", "2"), "--use_adapter",
+            "--adapter-path", str(tiny_adapter), "--compression_ratio", "0.5"]
+    evaluate.main(args)
+    sha = adapter_sha256(str(tiny_adapter))
+    assert f"adapter: {tiny_adapter} (sha256 {sha[:12]})" in capsys.readouterr().out
+    samples = layout.samples_dir(layout.run_dir(layout.model_dir(tmp_path / "out", "tiny"), method="tokenskip",
+                                                ratio=0.5, data_type="test"))
+    assert json.loads((samples / "run.json").read_text())["adapter_sha256"] == sha
+    assert json.loads((samples / "metrics.json").read_text())["adapter_sha256"] == sha
+
+
+def test_an_adapter_retrained_in_place_is_not_mixed_into_its_old_run(tiny_lm_dir, tiny_adapter, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, adapter)
+    args = [*cli_args(tiny_lm_dir, tmp_path / "out", "--max_num_examples", "2"), "--use_adapter",
+            "--adapter-path", str(adapter), "--compression_ratio", "0.5"]
+    evaluate.main(args)
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # other weights, same folder
+    with pytest.raises(UsageError, match="the adapter .* changed since"):
+        evaluate.main(args)
+
+
 # ---------------------------------------------------------------- permissions
 
 

@@ -94,10 +94,11 @@ def test_dry_run_offline_prints_the_estimated_plan_and_downloads_nothing(tmp_pat
                        (catalogue.LLMLINGUA_SMALL, "~700 MB (estimated)"),
                        ("hemingkx/TokenSkip-Qwen2.5-14B-Instruct-GSM8K", "~80 MB (estimated)")]:
         line = next(line for line in out.splitlines() if line.strip().startswith(repo + " "))
-        assert f"models/{repo.split('/')[1]} " in line and size in line and "to fetch" in line
+        folder = f"models/released/{repo.split('/')[1]}" if "TokenSkip" in repo else f"models/{repo.split('/')[1]}"
+        assert f"{folder} " in line and size in line and "to fetch" in line
     assert "total to fetch: ~32.6 GB (estimated)" in out
     assert UNREACHABLE in out and "original/*, *.pth, and *.bin" in out
-    assert "paths.env: models/paths.env gets MODEL_PATH, LLMLINGUA_PATH, LLMLINGUA_SMALL_PATH, ADAPTER_PATH" \
+    assert "paths.env: models/paths.env gets MODEL_PATH, LLMLINGUA_PATH, LLMLINGUA_SMALL_PATH, RELEASED_ADAPTER_PATH" \
         in out
     assert not (tmp_path / "models").exists()
 
@@ -200,7 +201,7 @@ def test_interrupted_download_leaves_no_complete_folder_and_resumes(tmp_path, mo
     with pytest.raises(UsageError, match=r"cannot reach the Hugging Face hub .*--embedded"):
         main(["--adapters-only", "--base-dir", str(tmp_path)])
     name = "TokenSkip-Qwen2.5-7B-Instruct-GSM8K"
-    target, partial = tmp_path / name, tmp_path / ".partial" / name
+    target, partial = tmp_path / "released" / name, tmp_path / "released" / ".partial" / name
     assert not target.exists() and (partial / "config.json").is_file()
     items, _ = make_plan(build_parser().parse_args(["--adapters-only", "--base-dir", str(tmp_path)]))
     assert store.status_of(items[0]) == "partial, resumes"

@@ -169,3 +169,27 @@ def test_old_tree_gets_the_adherence_plot_and_latency_basis(tree):
     # on the means' ratio: TokenSkip 0.9 and 0.5 of the old tree, Truncation and TokenSkip-CTS at 0.5 of the new
     assert Image.open(tree / "results_adherence.png").text[POINTS_KEY] == "4"
     assert "![actual vs target ratio](results_adherence.png)" in (tree / "results.md").read_text()
+
+
+def test_a_table_whose_gamma_rows_come_from_different_adapters_is_marked(tmp_path):
+    root = tmp_path / "m" / "gsm8k" / "7b"
+    common = dict(n_samples=10, benchmark="gsm8k", data_type="test", sample_latency=1.0)
+    put(root, "Original/test", method="original", compression_ratio=1.0, accuracy=0.5, avg_cot_length=100.0,
+        **common)
+    for ratio, sha, path in (("1.0", "a" * 64, "outputs/adapters/mine"), ("0.9", "a" * 64, "outputs/adapters/mine"),
+                             ("0.5", "b" * 64, "models/released/TokenSkip-Qwen2.5-7B-Instruct-GSM8K")):
+        put(root, f"TokenSkip/{ratio}", method="tokenskip", compression_ratio=float(ratio), accuracy=0.5,
+            avg_cot_length=80.0, adapter_sha256=sha, adapter_path=path, **common)
+    [table] = report.main([str(tmp_path)])
+    assert list(table.mixed_adapters()) == ["TokenSkip"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert ("**Warning: the rows of TokenSkip come from 2 different adapters** (γ 1, 0.9 from outputs/adapters/mine "
+            "(sha256 aaaaaaaaaaaa); γ 0.5 from models/released/TokenSkip-Qwen2.5-7B-Instruct-GSM8K "
+            "(sha256 bbbbbbbbbbbb))") in markdown
+    # one adapter at every γ: no warning
+    put(root, "TokenSkip/0.7", method="tokenskip", compression_ratio=0.7, accuracy=0.5, avg_cot_length=80.0,
+        adapter_sha256="a" * 64, adapter_path="outputs/adapters/mine", **common)
+    (root / "TokenSkip" / "0.5" / "samples" / "metrics.json").unlink()
+    (root / "TokenSkip" / "0.5" / "samples").rmdir()
+    [table] = report.main([str(tmp_path)])
+    assert table.mixed_adapters() == {} and "Warning" not in (tmp_path / "results.md").read_text()

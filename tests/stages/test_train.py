@@ -92,7 +92,8 @@ def lora_run(smollm2_dir: Path, data: Path, out: Path, env: dict) -> dict:
     overrides = [f"model_name_or_path={smollm2_dir}", f"dataset={DATASET}", f"dataset_dir={data}", f"output_dir={out}",
                  "lora_rank=8", "lora_alpha=16", "max_steps=4", "logging_steps=1", "warmup_ratio=0",
                  "learning_rate=2e-3", "per_device_train_batch_size=2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true", **env}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true",
+           "PATHS_ENV": str(out.parent / f"{out.name}.paths.env"), **env}
     result = subprocess.run([sys.executable, "-m", "tokenskip.stages.train", "--global-batch", "4", str(CPU_RECIPE),
                              *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -130,3 +131,32 @@ def test_two_cpu_processes_train_the_adapter_one_process_trains(smollm2_dir, tmp
 def test_a_missing_recipe_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="recipe not found"):
         train.main(["--dry-run", str(tmp_path / "none.yaml")])
+
+
+def test_stage_4_records_the_adapter_it_wrote_and_stage_5_evaluates_it(tmp_path):
+    """The adapter a user trains is the one their table reports: stage 4 records it as ADAPTER_PATH in
+    paths.env, and eval.sh (so scripts/5_evaluate.sh) takes it from there, saying where from."""
+    cli = tmp_path / "llamafactory-cli"  # writes an adapter where the recipe says, as LLaMA-Factory does
+    cli.write_text("#!/usr/bin/env bash\nfor a in \"$@\"; do case $a in output_dir=*) d=${a#output_dir=};; esac; done\n"
+                   "mkdir -p \"$d\" && echo '{}' > \"$d/adapter_config.json\"\n")
+    cli.chmod(0o755)
+    paths_env = tmp_path / "models" / "paths.env"
+    paths_env.parent.mkdir()
+    paths_env.write_text("RELEASED_ADAPTER_PATH=/somewhere/released/TokenSkip-Qwen2.5-7B-Instruct-GSM8K\n")
+    adapter = tmp_path / "outputs" / "adapters" / "mine"
+    env = {**os.environ, "PATHS_ENV": str(paths_env)}
+    result = subprocess.run([sys.executable, "-m", "tokenskip.stages.train", "--llamafactory-cli", str(cli),
+                             str(CPU_RECIPE), f"output_dir={adapter}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"recorded as ADAPTER_PATH in {paths_env}" in result.stdout
+    recorded = paths_env.read_text()
+    assert f"ADAPTER_PATH={adapter.resolve()}" in recorded.splitlines() and "RELEASED_ADAPTER_PATH=" in recorded
+    fake_python = tmp_path / "python"  # prints the command eval.sh would run
+    fake_python.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -c 'import sys; print(sys.argv[1:])' \"$@\"\n")
+    fake_python.chmod(0o755)
+    result = subprocess.run(["bash", "scripts/5_evaluate.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake_python), "PATHS_ENV": str(paths_env)})
+    assert result.returncode == 0, result.stderr
+    assert f"'--adapter-path', '{adapter.resolve()}'" in result.stdout
+    assert f"adapter {adapter.resolve()} (from {paths_env}, where stage 4 recorded it)" in result.stderr

@@ -227,12 +227,13 @@ class RunSettings:
     thinking: str
     question_field: str  # "" unless --question-field / --answer-field read the file through other fields
     answer_field: str
+    adapter_sha256: str | None = None  # the adapter's files (models/loading.adapter_sha256); None: no adapter
 
 
 # Settings added after runs were already made: an older run.json without them is taken to have used
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
 LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
-                   "question_field": "", "answer_field": ""}
+                   "question_field": "", "answer_field": "", "adapter_sha256": None}
 
 
 def run_dir(config: EvalConfig) -> Path:

@@ -60,6 +60,7 @@ class SharedModel:
     adapter_config: dict | None
     data_sha256: str
     context_length: int | None
+    adapter_sha256: str | None = None  # the call's adapter (--adapter-path), hashed once
     family: str = templates.GENERIC.name  # the chat-template family (tokenskip/prompting/templates.py)
     call: EvalConfig | None = None  # the whole call (its backend, budget and adapter size the engine)
     backend: Backend | None = None
@@ -247,6 +248,7 @@ def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
         seed=config.seed, overlong=config.overlong, n_samples=config.n_samples, system=config.system,
         thinking=config.thinking, question_field=config.question_field or "",
         answer_field=config.answer_field or "",
+        adapter_sha256=shared.adapter_sha256 if config.adapter_path else None,
     )
 
 
@@ -353,6 +355,9 @@ def claim_run_folder(samples_dir: Path, settings: RunSettings) -> None:
         unrecorded = [key for key in wanted if key not in found and key in LEGACY_SETTINGS]
         changed = {key: (found.get(key), value) for key, value in wanted.items()
                    if key not in unrecorded and not same_setting(key, found.get(key), value)}
+        if "adapter_sha256" in changed and changed["adapter_sha256"][0] is not None:
+            raise UsageError(f"the adapter {settings.adapter_path} changed since {samples_dir} was made with it "
+                             "(its weights differ: retrained?); use another --output-dir or delete that folder")
         if "data_sha256" in changed:
             raise UsageError(f"the dataset {settings.data_source} changed since {samples_dir} was made from it "
                              "(its questions or answers differ); use another --output-dir or delete that folder")
@@ -498,6 +503,7 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "use_adapter": settings.adapter_path is not None,
         "model_path": settings.model_path,
         "adapter_path": settings.adapter_path,
+        "adapter_sha256": settings.adapter_sha256,
         "model_type": settings.model_type,
         "chat_family": family,
         "system": settings.system,

@@ -90,6 +90,25 @@ def check_adapter(path: str | None) -> dict:
     return json.loads(config_file.read_text())
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_sha256(path: str) -> str:
+    """The adapter's identity: a SHA-256 over its config and weights files (names and bytes), so that a
+    table can tell two adapters apart whatever folder they sit in, and a retrained adapter from the old one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        file = Path(path) / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0")
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = None,
                    attn_implementation: str | None = None):
     """A causal LM in eval mode on `device`, with a LoRA adapter merged in for speed.

@@ -37,7 +37,8 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
         if table.soft is not None:
             lines += [f"## {table.title}", "", *soft_markdown(table.soft), ""]
         elif table.rows:  # a table of only unfinished runs has none: they are listed below
-            lines += [f"## {table.title}", "", *_results(table), "", *_adherence(table), *_thinking(table), ""]
+            lines += [f"## {table.title}", "", *_mixed_adapters(table), *_results(table), "", *_adherence(table),
+                      *_thinking(table), ""]
     if not any(table.rows for table in tables):
         return "\n".join(lines)
     lines += [*NOTES, ""]
@@ -66,6 +67,18 @@ NOTES = (
     f"{', '.join(f'{ratio:g}' for ratio in ADHERENCE_TARGETS)}, on the ratio basis named; an inversion "
     "is a pair of γ whose smaller one has the longer mean CoT.",
 )
+
+
+def _mixed_adapters(table: Table) -> list[str]:
+    """A warning above a table whose γ rows of one label come from different adapters."""
+    lines = []
+    for label, by in table.mixed_adapters().items():
+        parts = "; ".join(f"γ {', '.join(f'{row.ratio:g}' for row in rows)} from {rows[0].adapter_path} "
+                          f"(sha256 {(rows[0].adapter_sha256 or 'not recorded')[:12]})" for rows in by.values())
+        lines += [f"**Warning: the rows of {label} come from {len(by)} different adapters** ({parts}): they do "
+                  "not show one adapter's response to γ; evaluate one adapter at every γ, or give each its own "
+                  "--label.", ""]
+    return lines
 
 
 def _results(table: Table) -> list[str]:
@@ -127,6 +140,9 @@ def as_json(table: Table) -> dict:
     """A table for --format json; the adherence summary and training ratios only where a group has
     some, so that a group of unfinished runs (nothing measured yet) reads as before."""
     found = asdict(table)
+    mixed = table.mixed_adapters()
+    if mixed:
+        found["mixed_adapters"] = {label: sorted(by) for label, by in mixed.items()}
     for key in ("adherence", "training_ratios", "soft"):
         if not found[key]:
             del found[key]

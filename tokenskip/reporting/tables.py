@@ -71,6 +71,9 @@ class Row:
     train_data_ratios: dict[str, float] | None = None
     # reasoning models: metrics.json's "thinking" (thinking and answer tokens apart, outputs cut off in <think>)
     thinking: dict | None = None
+    # the adapter's sha256 (metrics.json, since adapters are hashed) and folder; None for base-model runs
+    adapter_sha256: str | None = None
+    adapter_path: str | None = None
 
 
 @dataclass
@@ -116,6 +119,16 @@ class Table:
     adherence: list[Adherence] = field(default_factory=list)  # one per method but the original
     training_ratios: list[TrainingRatios] = field(default_factory=list)
     soft: dict | None = None  # a soft-compression evaluation's metrics.json (soft_compress.py evaluate)
+
+    def mixed_adapters(self) -> dict[str, dict[str, list[Row]]]:
+        """Labels whose γ rows come from more than one adapter: label -> adapter (sha256, else folder) -> rows.
+        A γ table is a statement about one adapter; rows of two are not comparable."""
+        found: dict[str, dict[str, list[Row]]] = {}
+        for row in self.rows:
+            identity = row.adapter_sha256 or row.adapter_path
+            if identity:
+                found.setdefault(row.method, {}).setdefault(identity, []).append(row)
+        return {label: by for label, by in found.items() if len(by) > 1}
 
 
 @dataclass
@@ -392,6 +405,8 @@ def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, tra
         n_both_correct_self=n_self_correct,
         train_data_ratios=train_data or None,
         thinking=metrics.get("thinking"),
+        adapter_sha256=metrics.get("adapter_sha256"),
+        adapter_path=metrics.get("adapter_path"),
     )
 
 

@@ -116,7 +116,11 @@ def make_plan(args: argparse.Namespace) -> tuple[list[Fetch], list[str]]:
         items += [model(LLMLINGUA_LARGE, "LLMLINGUA_PATH"), model(LLMLINGUA_SMALL, "LLMLINGUA_SMALL_PATH")]
     if parts["adapters"]:
         if size in ADAPTER_SIZES:
-            items.append(model(adapter_repo(size), "ADAPTER_PATH"))
+            # released adapters under models/released/, recorded apart: the adapter stage 5 evaluates by
+            # default (ADAPTER_PATH) is the one stage 4 trained, never one of the same name from the hub
+            repo = adapter_repo(size)
+            items.append(Fetch("model", repo, base / "released" / repo.split("/")[1], approx_bytes(repo),
+                               "RELEASED_ADAPTER_PATH"))
         else:
             notes.append(
                 f"TokenSkip released no adapter for Qwen2.5-{size.upper()}-Instruct (only "

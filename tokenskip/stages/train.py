@@ -75,7 +75,22 @@ def main(argv: Sequence[str] | None = None) -> TrainPlan:
     code = subprocess.call(command, env=env)
     if code:
         raise SystemExit(code)
+    record_adapter(plan.output_dir)
     return plan
+
+
+def record_adapter(output_dir: str | None) -> None:
+    """Record the adapter this run wrote as ADAPTER_PATH in models/paths.env (PATHS_ENV), which the stage-5
+    scripts read: the table a user gets is the adapter they just trained, never an older or released one."""
+    from tokenskip.models.store import update_paths_env
+
+    if not output_dir or not (Path(output_dir) / "adapter_config.json").is_file():
+        return  # full fine-tuning writes a model, not an adapter: stage 5 takes it as MODEL_PATH
+    env_file = Path(os.environ.get("PATHS_ENV") or "models/paths.env")
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    update_paths_env(env_file, {"ADAPTER_PATH": str(Path(output_dir).resolve())})
+    print(f"stage 4 wrote the adapter {output_dir}; recorded as ADAPTER_PATH in {env_file}: stage 5 "
+          "(scripts/5_evaluate.sh, eval.sh) evaluates it unless ADAPTER_PATH names another")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class TrainPlan:
     accumulation: int
     global_batch: int
     overrides: tuple[str, ...]  # key=value for llamafactory-cli, the user's first, ours after
+    output_dir: str | None = None  # where LLaMA-Factory writes the adapter (the recipe's, or the override's)
 
     def describe(self) -> str:
         where = f"{self.nnodes} node(s) x {self.nproc_per_node} process(es)" if self.world_size > 1 else "1 process"
@@ -108,4 +109,4 @@ def plan_training(recipe_path: Path, overrides: Sequence[str], env: Mapping[str,
         if "deepspeed" not in given:
             extra.append(f"deepspeed={DEEPSPEED_CONFIGS[deepspeed]}")
     return TrainPlan(world, nnodes, nproc, per_device, accumulation, per_device * accumulation * world,
-                     (*overrides, *extra))
+                     (*overrides, *extra), output_dir=settings.get("output_dir"))
