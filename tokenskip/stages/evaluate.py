@@ -178,8 +178,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                   log_dir=layout.logs_dir(layout.model_dir(config.output_dir, config.model_size)))
         config = replace(config, data_parallel_size=1, shards=ShardPlan(count=size, merge=True))
 
-    from tokenskip.models.loading import (adapter_sha256, check_adapter, context_length, load_tokenizer,
-                                          resolve_model_path)
+    from tokenskip.models.loading import (
+        adapter_sha256,
+        check_adapter,
+        context_length,
+        load_tokenizer,
+        resolve_model_path,
+    )
 
     model_path = resolve_model_path(config.model_path)
     tokenizer_path = (resolve_model_path(config.tokenizer_path, "--tokenizer-path") if config.tokenizer_path
