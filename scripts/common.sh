@@ -15,7 +15,7 @@ compression_settings() {
     OUTPUT_DIR="${OUTPUT_DIR:-outputs/Qwen2.5-7B-Instruct/${BENCHMARK}/}"
     MODEL_SIZE="${MODEL_SIZE:-7b}"
     MODEL_TYPE="${MODEL_TYPE:-auto}"  # auto: the prompt format stage 1 recorded
-    METHOD="${METHOD:-llmlingua2}"   # llmlingua2 | ner | cts
+    METHOD="${METHOD:-llmlingua2}"   # llmlingua2 | ner | cts | cts_authors
     RATIOS="${RATIOS-0.9 0.8 0.7 0.6 0.5}"  # `-`, not `:-`: an empty RATIOS is a mistake, refused below
     ratio_list RATIOS "$RATIOS"
 }

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT
 
 from tokenskip.compression.scorers import CoT, scorer_class
+from tokenskip.core.errors import UsageError
 from tokenskip.compression.scorers.cts import CTSScorer, keep_count, keep_units
 from tokenskip.core import layout
 from tokenskip.core.cli import run_cli
@@ -268,3 +269,14 @@ def test_missing_input_names_the_stage_that_writes_it(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert "not found" in lines[0] and "evaluation.py --data-type train" in lines[0]
+
+
+def test_the_reference_model_defaults_to_the_model_stage_1_ran_and_says_so(tiny_lm_dir, tmp_path, capsys):
+    predictions = write_stage1(tmp_path, tiny_lm_dir)
+    summary = cts_stage.main(["--input_data", str(predictions), "--device", "cpu", "--ratios", "0.5"])
+    assert summary["n_compressed"] == 3
+    assert f"CTS reference model: {tiny_lm_dir} (the model stage 1 recorded" in capsys.readouterr().out
+    # nothing recorded: refused, naming what to pass
+    (predictions.parent / "metrics.json").unlink()
+    with pytest.raises(UsageError, match="no --reference_model, and no metrics.json beside"):
+        cts_stage.main(["--input_data", str(predictions), "--device", "cpu", "--ratios", "0.5"])

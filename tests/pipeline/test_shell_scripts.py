@@ -153,6 +153,17 @@ def test_cts_reads_the_stage1_predictions_the_layout_names(fake, tmp_path):
     assert values_of(call, "--input_data") == [str(layout.stage1_predictions(layout.model_dir(tmp_path / "o", "3b")))]
 
 
+def test_cts_reference_model_is_stage_1s_unless_given_and_cts_authors_is_a_method(fake, tmp_path):
+    result, [call] = fake("scripts/2_compress.sh", METHOD="cts")
+    assert "--reference_model" not in call  # CTS_data_get.py takes (and names) the model stage 1 recorded
+    result, [call] = fake("scripts/2_compress.sh", METHOD="cts", REFERENCE_MODEL="models/Other")
+    assert values_of(call, "--reference_model") == ["models/Other"] and "--selection" not in call
+    result, [call] = fake("scripts/2_compress.sh", METHOD="cts_authors")
+    assert call[0] == "CTS_data_get.py" and values_of(call, "--selection") == ["authors"]
+    result, calls = fake("scripts/2_compress.sh", METHOD="cts2")
+    assert_one_line_error(result, "METHOD", "cts_authors")
+
+
 def test_llmlingua_reads_the_model_folder_the_layout_names(fake, tmp_path):
     result, [call] = fake("scripts/2_compress.sh", METHOD="ner", MODEL_SIZE="3b")
     assert call[0] == "llmlingua_ner.py"

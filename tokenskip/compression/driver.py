@@ -47,6 +47,11 @@ _ANSWER_SENTENCE = re.compile(re.escape(ANSWER_MARKER.strip()) + r"\s*\$?\\boxed
 _AFTER_ANSWER_BOX = re.compile(r"\$?\s*\.?\s*")
 
 
+def check_predictions(predictions: Path) -> None:
+    if not predictions.is_file():
+        raise UsageError(f"stage-1 predictions not found: {predictions} (it is written by {STAGE1})")
+
+
 def target_tokenizer_path(predictions: Path, tokenizer_path: str | None) -> str:
     """The target model's tokenizer, which counts CoT tokens: the flag, else stage 1's model."""
     from tokenskip.models.loading import resolve_model_path
@@ -295,8 +300,7 @@ def run_stage(predictions: Path, out_folder: Path, *, model_type: str, max_cot_t
     """
     if max_cot_tokens < 1:
         raise UsageError("--max-cot-tokens must be positive")
-    if not predictions.is_file():
-        raise UsageError(f"stage-1 predictions not found: {predictions} (it is written by {STAGE1})")
+    check_predictions(predictions)
     samples = predictions.parent
     model_type = recorded_model_type(predictions, model_type)
     job = Stage2Job(predictions, model_type, max_cot_tokens, target_tokenizer_path(predictions, tokenizer_path),

@@ -56,7 +56,9 @@ def build_parser() -> StageParser:
         help=f"--selection authors: cut each CoT to this many target-model tokens before compressing, as the "
              f"authors did (default {DEFAULT_MAX_THINKING_TOKENS}; 0: no cut). CoTs over --max-cot-tokens are "
              "dropped before that, so raise --max-cot-tokens to keep long CoTs")
-    add("--reference_model", default=str(embedded.default_dir()), help="causal LM that scores the CoT tokens")
+    add("--reference_model", default=None,
+        help="causal LM that scores the CoT tokens; default: the model that wrote the CoTs, as stage 1's "
+             "metrics.json records it (CTS's own setting: the target model is its reference)")
     add("--compression_ratio", type=float, default=None,
         help="a single ratio γ in (0, 1); given alone, it is the only ratio")
     add("--ratios", type=float, nargs="+", default=None,
@@ -95,6 +97,19 @@ def default_output_folder(predictions: Path, scorer: type = CTSScorer) -> Path:
     return layout.compression_dir(model_folder, scorer.name)
 
 
+def recorded_reference(predictions: Path) -> str:
+    """No --reference_model: the model stage 1 ran, said aloud (a default that changes results is never silent)."""
+    driver.check_predictions(predictions)
+    try:
+        model = driver.target_tokenizer_path(predictions, None)
+    except UsageError:
+        raise UsageError(f"no --reference_model, and no metrics.json beside {predictions} says which model wrote "
+                         "these CoTs: pass --reference_model (the target model, or e.g. "
+                         f"{embedded.default_dir()} offline)") from None
+    print(f"CTS reference model: {model} (the model stage 1 recorded; --reference_model picks another)")
+    return model
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     ratios = chosen_ratios(args.compression_ratio, args.ratios)
@@ -109,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise UsageError("--max-thinking-tokens must be 0 (no cut) or positive")
     predictions = Path(args.input_data)
     out_folder = Path(args.output_data) if args.output_data else default_output_folder(predictions, scorer_class)
-    reference_model = check_reference_model(args.reference_model)
+    reference_model = check_reference_model(args.reference_model or recorded_reference(predictions))
 
     def make_scorer():
         if args.selection == "authors":
