@@ -13,10 +13,10 @@ import torch
 from conftest import ROOT
 
 from tokenskip.compression.scorers import CoT, scorer_class
-from tokenskip.core.errors import UsageError
 from tokenskip.compression.scorers.cts import CTSScorer, keep_count, keep_units
 from tokenskip.core import layout
 from tokenskip.core.cli import run_cli
+from tokenskip.core.errors import UsageError
 from tokenskip.core.ratios import DEFAULT_RATIOS
 from tokenskip.stages import cts as cts_stage
 
