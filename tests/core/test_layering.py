@@ -52,3 +52,15 @@ def test_bench_imports_nothing_from_tests():
     for path in (ROOT / "bench").glob("*.py"):
         offending = {name for name in imported_modules(path) if name == "tests" or name.startswith("tests.")}
         assert not offending, f"{path.name} imports {sorted(offending)}: shared fixtures belong in testkit/"
+
+
+def test_outputs_readme_is_written_from_the_layout_module():
+    """outputs/README.md lists the whole tree as tokenskip/core/layout.py defines it: regenerate it with
+    `python -m tokenskip.core.layout readme > outputs/README.md` when the layout changes."""
+    from tokenskip.core import layout
+
+    committed = (ROOT / "outputs" / "README.md").read_text(encoding="utf-8")
+    assert committed == layout.outputs_readme()
+    for folder in [*layout.RUN_FOLDERS.values(), *layout.COMPRESSION_FOLDERS.values(), layout.ADAPTERS]:
+        assert f"/{folder}/" in committed
+    assert layout.NER_RATIO_FILE_STEM in committed and layout.REPORT_ADHERENCE_PLOT in committed

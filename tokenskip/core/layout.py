@@ -43,9 +43,23 @@ CORRECT = "predictions_correct.jsonl"  # stage 2: stage 1's correct answers
 FORMATTED = "predictions_formatted.jsonl"  # stage 2: the CoTs it compressed
 COMPRESSION_SUMMARY = "compression_summary.json"
 RATIO_FILE_STEM = "train_outputs_compressed_ratio"  # stage 2's ratio files: {stem}_{γ}.jsonl
+NER_RATIO_FILE_STEM = "train_outputs_ner_enhanced_compressed_ratio"  # NER's: the hybrid design's names
 LOCK_FILE = ".lock"
 SHARDS = "shards"  # a sharded run's shard folders, inside the run's own folder (tokenskip/core/shards.py)
 LOGS = "logs"  # data-parallel ranks' output, inside the model's folder
+# beside the model folders, under outputs/
+TRAINING_DATA = "mydataset_compressed_{benchmark}_{method}_{model_type}_{size}.json"  # stage 3's default file
+ADAPTERS = "adapters"  # outputs/adapters/<name>/: where the stage-4 recipes write (their output_dir)
+REPORT_MARKDOWN = "results.md"  # report.py, in the folder it reads
+REPORT_PLOT = "results.png"
+REPORT_ADHERENCE_PLOT = "results_adherence.png"
+REPORT_JSON = "results.json"  # report.py --format json
+
+
+def training_data_file(benchmark: str, method: str, model_type: str, model_size: str) -> Path:
+    """Stage 3's default output: `outputs/mydataset_compressed_{benchmark}_{method}_{type}_{SIZE}.json`."""
+    return Path("outputs") / TRAINING_DATA.format(benchmark=benchmark, method=method, model_type=model_type,
+                                                   size=model_size.upper())
 
 
 def model_dir(output_dir: str | Path, model_size: str) -> Path:
@@ -164,17 +178,67 @@ def _float(text: str) -> float | None:
         return None
 
 
+# ---------------------------------------------------------------- outputs/README.md
+
+
+def outputs_readme() -> str:
+    """outputs/README.md, written from the names above (tests/core compares the committed file with it)."""
+    runs = [f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['original']}/<train|test>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['original']}/<split>/ratio_<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['tokenskip']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['tokenskip']}/<γ>/train/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['truncation']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['prompt']}/<γ>/{SAMPLES}/"]
+    notes = ["the base model, γ = 1 (stage 1 on train, stage 5 on test)", "the base model with the γ tag in the prompt",
+             "with a LoRA adapter at γ, test split", "with a LoRA adapter at γ, train split",
+             "baseline: the output cut at γ x the base model's CoT length", "baseline: the prompt asks for fewer words"]
+    width = max(map(len, runs)) + 2
+    compression = [f"outputs/<model>/<benchmark>/<size>/{folder}/" for folder in COMPRESSION_FOLDERS.values()]
+    cwidth = max(map(len, compression)) + 2
+    lines = [
+        "# outputs/", "",
+        "Run results land here (git-ignored). The layout is the original TokenSkip one, extended; this file is",
+        "written from `tokenskip/core/layout.py` (`python -m tokenskip.core.layout readme`).", "",
+        "Evaluations (`evaluation.py`, `eval.sh`):", "", "```",
+        *(f"{run:<{width}}# {note}" for run, note in zip(runs, notes)), "```", "",
+        f"Each `{SAMPLES}/` folder holds `{PREDICTIONS}` (one line per question), `{METRICS}` (written only when every",
+        f"question is done), `{RUN_SETTINGS}` (the settings a resumed run must match) and `{GENERATION_LOG}` (wall",
+        "time and tokens per batch, for latency across resumed runs). A run sharded over processes keeps its",
+        f"shards in `{SHARDS}/<i>-of-<K>/` inside its folder until they are merged; data-parallel ranks log to",
+        f"`<size>/{LOGS}/`. Stage 2 adds `{CORRECT}` and `{FORMATTED}` beside stage 1's predictions.", "",
+        "Compression (stage 2: `LLMLingua.py`, `llmlingua_ner.py`, `CTS_data_get.py`), one folder per method:", "",
+        "```",
+        *(f"{path:<{cwidth}}# {method}: {NER_RATIO_FILE_STEM if method == 'ner' else RATIO_FILE_STEM}_<γ>.jsonl, "
+          f"{COMPRESSION_SUMMARY}"
+          for path, method in zip(compression, COMPRESSION_FOLDERS)), "```", "",
+        "Beside the model folders:", "", "```",
+        f"outputs/{TRAINING_DATA.replace('{', '<').replace('}', '>')}   # stage 3's training data (default name)",
+        f"outputs/{ADAPTERS}/<name>/   # stage 4: the adapters the recipes in configs/examples/ train",
+        f"<any folder report.py reads>/{REPORT_MARKDOWN}, {REPORT_PLOT}, {REPORT_ADHERENCE_PLOT}   # report.py",
+        f"<any folder report.py reads>/{REPORT_JSON}   # report.py --format json",
+        "```", "",
+        f"A folder being written holds a `{LOCK_FILE}` file: a second writer gets a one-line error naming the first.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- for the shell scripts
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m tokenskip.core.layout WHAT --output-dir D --model-size S [--method M]`: print one path."""
     parser = argparse.ArgumentParser(prog="python -m tokenskip.core.layout", description=main.__doc__)
-    parser.add_argument("what", choices=("model-dir", "stage1-predictions", "stage1-samples", "compression-dir"))
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--model-size", required=True)
+    parser.add_argument("what", choices=("model-dir", "stage1-predictions", "stage1-samples", "compression-dir",
+                                         "readme"))
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--model-size", default=None)
     parser.add_argument("--method", choices=sorted(COMPRESSION_FOLDERS), default="llmlingua2")
     args = parser.parse_args(argv)
+    if args.what == "readme":
+        sys.stdout.write(outputs_readme())
+        return
+    if args.output_dir is None or args.model_size is None:
+        parser.error(f"{args.what} needs --output-dir and --model-size")
     folder = model_dir(args.output_dir, args.model_size)
     path = {
         "model-dir": lambda: folder,

@@ -385,7 +385,7 @@ def training_template_note(model_type: str, family_name: str | None) -> str:
 
 
 def default_output_file(benchmark: str, method: str, model_type: str, model_size: str) -> Path:
-    return Path("outputs") / f"mydataset_compressed_{benchmark}_{method}_{model_type}_{model_size.upper()}.json"
+    return layout.training_data_file(benchmark, method, model_type, model_size)
 
 
 def build_parser() -> StageParser:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from tokenskip.core import layout
 from tokenskip.core.cli import StageParser
 from tokenskip.core.errors import UsageError
 from tokenskip.core.jsonio import atomic_writer
@@ -47,23 +48,23 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     out_dir = Path(args.out_dir or root)
     if args.format == "json":
         text = json.dumps([as_json(table) for table in tables], indent=2)
-        with atomic_writer(out_dir / "results.json") as handle:
+        with atomic_writer(out_dir / layout.REPORT_JSON) as handle:
             handle.write(text + "\n")
         print(text)
         return tables
     plotted = [table for table in tables if table.soft is None]  # soft-compression tables have no γ rows
     if not plotted:
         text = markdown(tables, None)
-        with atomic_writer(out_dir / "results.md") as handle:
+        with atomic_writer(out_dir / layout.REPORT_MARKDOWN) as handle:
             handle.write(text)
         print(text)
-        print(f"wrote {out_dir / 'results.md'}")
+        print(f"wrote {out_dir / layout.REPORT_MARKDOWN}")
         return tables
-    points = plot(plotted, out_dir / "results.png")
-    adherence_points = adherence_plot(plotted, out_dir / "results_adherence.png")
-    with atomic_writer(out_dir / "results.md") as handle:
-        handle.write(markdown(tables, "results.png", "results_adherence.png"))
+    points = plot(plotted, out_dir / layout.REPORT_PLOT)
+    adherence_points = adherence_plot(plotted, out_dir / layout.REPORT_ADHERENCE_PLOT)
+    with atomic_writer(out_dir / layout.REPORT_MARKDOWN) as handle:
+        handle.write(markdown(tables, layout.REPORT_PLOT, layout.REPORT_ADHERENCE_PLOT))
     print(markdown(tables, None))
-    print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.png'} ({points} points) and "
-          f"{out_dir / 'results_adherence.png'} ({adherence_points} points)")
+    print(f"wrote {out_dir / layout.REPORT_MARKDOWN}, {out_dir / layout.REPORT_PLOT} ({points} points) and "
+          f"{out_dir / layout.REPORT_ADHERENCE_PLOT} ({adherence_points} points)")
     return tables

