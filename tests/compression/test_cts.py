@@ -280,3 +280,27 @@ def test_the_reference_model_defaults_to_the_model_stage_1_ran_and_says_so(tiny_
     (predictions.parent / "metrics.json").unlink()
     with pytest.raises(UsageError, match="no --reference_model, and no metrics.json beside"):
         cts_stage.main(["--input_data", str(predictions), "--device", "cpu", "--ratios", "0.5"])
+
+
+def test_a_failed_run_leaves_no_lock_and_no_empty_output_folder(tiny_lm_dir, tmp_path):
+    predictions = write_stage1(tmp_path, tiny_lm_dir)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(UsageError):
+        cts_stage.main(stage_args(predictions, tmp_path / "no-such-model"))
+    import shutil
+
+    weightless = tmp_path.parent / f"{tmp_path.name}-weightless"  # a config that passes the early check
+    shutil.copytree(tiny_lm_dir, weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(Exception):  # fails loading the weights, inside the locked section
+        cts_stage.main(stage_args(predictions, weightless))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_the_prompt_format_message_is_true_about_the_file(tmp_path, capsys):
+    from tokenskip.prompting.prompts import recorded_format
+
+    assert recorded_format(None, tmp_path / "metrics.json") == "qwen"
+    assert f"there is no {tmp_path / 'metrics.json'} to read the prompt format from" in capsys.readouterr().out
+    (tmp_path / "metrics.json").write_text("{}")
+    recorded_format(None, tmp_path / "metrics.json")
+    assert f"{tmp_path / 'metrics.json'} records no prompt format" in capsys.readouterr().out

@@ -391,3 +391,50 @@ def test_k_samples_per_question_are_items_of_their_own_and_resume(tiny_lm_dir, t
 def test_k_samples_need_sampling(tiny_lm_dir, tmp_path):
     with pytest.raises(UsageError, match="--n_samples 3 with greedy decoding"):
         evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--n_samples", "3"))
+
+
+# ---------------------------------------------------------------- a failed run leaves the tree as it found it
+
+
+def test_a_refused_run_leaves_no_empty_folders_and_no_lock(tiny_lm_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="needs the base model's run first"):
+        evaluate.main([*cli_args(tiny_lm_dir, out), "--baseline", "truncation", "--compression_ratio", "0.5"])
+    assert not out.exists()  # it made out/tiny/Truncation/0.5/samples/ for its lock, and removed them
+    (out / "mine").mkdir(parents=True)  # a folder that was there before stays, with what it holds
+    with pytest.raises(UsageError, match="needs the base model's run first"):
+        evaluate.main([*cli_args(tiny_lm_dir, out), "--baseline", "truncation", "--compression_ratio", "0.5"])
+    assert sorted(p.name for p in out.rglob("*")) == ["mine"]
+
+
+def test_a_finished_run_leaves_no_lock_file(tiny_lm_dir, tmp_path):
+    evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "2"))
+    assert sorted(p.name for p in (tmp_path / SAMPLES).iterdir()) == [
+        "generation_log.jsonl", "metrics.json", "predictions.jsonl", "run.json"]
+
+
+def test_a_lock_removed_between_open_and_flock_is_taken_again(tmp_path, monkeypatch):
+    """Release removes the lock file: a second process that opened the old file just before must not
+    think it holds the folder while a third locks the new file."""
+    from tokenskip.core import locking
+
+    first = FolderLock(tmp_path).acquire()
+    opened = []
+    real_open = os.open
+
+    def racing_open(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not opened:  # the holder releases (removing the file) right after our first open
+            opened.append(fd)
+            first.release()
+        return fd
+
+    monkeypatch.setattr(locking.os, "open", racing_open)
+    second = FolderLock(tmp_path).acquire()
+    monkeypatch.setattr(locking.os, "open", real_open)
+    lock = tmp_path / ".lock"
+    assert lock.exists() and os.stat(lock).st_ino == os.fstat(second._fd).st_ino  # the file at the path
+    with pytest.raises(UsageError, match="in use by another run"):
+        FolderLock(tmp_path).acquire()
+    second.release()
+    assert not lock.exists()

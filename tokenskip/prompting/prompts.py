@@ -7,6 +7,8 @@ model sees. The ratio is rendered with Python's `str(float)` (`0.5`, `0.9`), as 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tokenskip.core.ratios import ratio_tag
 
 # how a prompt is built: TokenSkip's two fixed prompts, or the model's own chat template
@@ -80,7 +82,9 @@ def recorded_format(recorded: str | None, where) -> str:
     if recorded in PROMPT_FORMATS:
         return recorded
     if recorded is None:
-        print(f"--model-type auto: {where} records no prompt format; using qwen (pass --model-type to choose)")
+        said = (f"{where} records no prompt format" if Path(where).is_file()
+                else f"there is no {where} to read the prompt format from")
+        print(f"--model-type auto: {said}; using qwen (pass --model-type to choose)")
         return "qwen"
     raise ValueError(f"{where} records an unknown prompt format {recorded!r}")
 
