@@ -138,9 +138,9 @@ VARIANTS = [
     Variant("F", data="own-sampled", mix="sample", note="one γ per question (the paper's), vs C"),
     Variant("H", scorer="ner", note="NER-enhanced LLMLingua-2 with a tiny random classifier"),
     # the paper's data scale (issue 28): thousands of distinct CoTs, one γ drawn per question as the
-    # original draws it, TokenSkip's global batch 8; the word-dropping rule keeps the train-data ratio
-    # closest to γ (0.48 at 0.5, vs CTS's 0.56 on GSM8K reference solutions in variant D) and keeps
-    # numbers and equations whole, and it costs seconds where CTS costs ~1 s a CoT on 2 cores
+    # original draws it, TokenSkip's global batch 8. The word-dropping rule: train-data ratio 0.89 … 0.44 at
+    # γ 0.9 … 0.5 on S3's CoTs (CTS: 0.56 at 0.5 on GSM8K reference solutions, variant D); it keeps numbers
+    # and equations whole, and costs seconds where CTS costs ~1 s a CoT on 2 cores
     Variant("S3", data="gsm8k-3k", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
             note="3,000 GSM8K questions, one γ each, 1 epoch"),
     Variant("S7", data="gsm8k-all", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
