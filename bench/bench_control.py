@@ -482,6 +482,14 @@ def render_matrix(matrix: dict) -> list[str]:
     return lines
 
 
+def render_results(results: Sequence[dict]) -> str:
+    """Every table of a set of results: the small-profile rows together, then each scale variant."""
+    small = [r for r in results if r.get("profile", "small") == "small"]
+    base = next((r["base"] for r in small if r.get("base")), None)
+    return "\n".join(filter(None, [render_markdown(small, base) if small else "",
+                                   render_scale_markdown([r for r in results if r.get("profile") == "scale"])]))
+
+
 def render_scale_markdown(results: Sequence[dict]) -> str:
     """Per scale variant: the generation table (base model and every γ), whether it follows γ, the
     γ-probe matrix, and where its records and time went."""
@@ -1255,6 +1263,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref-questions", type=int, default=None, help="ref-gsm8k: GSM8K train questions (200)")
     parser.add_argument("--test-questions", type=int, default=None, help="sample test questions (32)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the tables of a results file this bench wrote (--json) and exit: the README's "
+                             "tables are this output")
     return parser
 
 
@@ -1287,6 +1298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles = {profile: settings_of(args, profile) for profile in PROFILES}
     except ValueError as exc:
         parser.error(str(exc))
+    if args.render:
+        payload = _read_json(args.render)
+        if not isinstance(payload, dict) or "results" not in payload:
+            print(f"error: {args.render} is not a results file of this bench (written with --json)", file=sys.stderr)
+            return 2
+        print(render_results(payload["results"]), end="")
+        return 0
     if args.list:
         for variant in variants:
             print(f"{variant.name}: {variant.levers()}" + (f" — {variant.note}" if variant.note else ""))
@@ -1312,10 +1330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.say(f"variant {variant.name} FAILED: {type(exc).__name__}: {exc}")
             results.append({"name": variant.name, "levers": variant.levers(), "profile": variant.profile,
                             "error": f"{type(exc).__name__}: {exc}"})
-    small = [r for r in results if r.get("profile", "small") == "small"]
-    base = next((r["base"] for r in small if r.get("base")), None)
-    text = "\n".join(filter(None, [render_markdown(small, base) if small else "",
-                                   render_scale_markdown([r for r in results if r.get("profile") == "scale"])]))
+    text = render_results(results)
     markdown_path = args.markdown or bench.out / "results.md"
     markdown_path.write_text(text, encoding="utf-8")
     print()
@@ -1324,7 +1339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.say(f"total wall time of this invocation {_minutes(total)}; tables in {markdown_path}")
     payload = {"settings": {p: asdict(v) for p, v in profiles.items()}, "out_dir": str(bench.out),
                "wall_seconds": round(total, 1),
-               "timings": bench.timings, "base": base, "results": results}
+               "timings": bench.timings, "base": next((r["base"] for r in results if r.get("base")), None),
+               "results": results}
     _write_json(bench.out / "results.json", payload)
     if args.json:
         _write_json(args.json, payload)

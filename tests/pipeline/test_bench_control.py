@@ -206,3 +206,25 @@ def test_scale_smoke_runs_end_to_end_and_training_resumes(tmp_path, smollm2_dir)
     assert "Resuming training from" in log
     segments = json.loads((out / "variants" / "S3" / "result.json").read_text())["train_segments"]
     assert len(segments) == 2 and segments[1]["resumed_from"] == "checkpoint-2"
+
+
+def test_render_prints_the_tables_of_a_results_file(tmp_path, capsys):
+    import json
+
+    result = {"name": "S9", "levers": "gsm8k-3k, worddrop", "profile": "scale",
+              "command": "bench_control.py --variants S9",
+              "eval_ratios": [1.0, 0.5], "inversions": 0, "pairs": 1,
+              "per_gamma": {"1.0": {"mean": 100.0, "self_ratio": 1.0}, "0.5": {"mean": 60.0, "self_ratio": 0.6}},
+              "base": {"mean": 150.0, "accuracy": 2.0},
+              "gamma_matrix": {"adapter": {"ratios": [1.0, 0.5], "mean_loglik": [[-1.0, -1.2], [-1.5, -1.1]],
+                                           "n_questions": 4, "compressed_rows_peaking_at_own_tag": 1,
+                                           "compressed_rows": 1, "tagged_spread": [0.0, 0.0]}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [result]}))
+    assert bc.main(["--render", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out == bc.render_results([result])
+    assert "| adapter, γ = 0.5 | 60.0 |" in out and "| 0.5 | -1.500 | **-1.100** |" in out
+    assert "Follows γ (issue 28's criteria): no (ratio@0.9 –)" in out
+    (tmp_path / "other.json").write_text("[]")
+    assert bc.main(["--render", str(tmp_path / "other.json")]) == 2
