@@ -32,13 +32,14 @@ from tokenskip.stages import flags
 EXAMPLES = """examples:
   # CPU: SmolLM2-135M on GSM8K reference solutions (the bench does this end to end)
   python soft_compress.py train --recipe configs/soft_compression/smollm2_135m_cpu.yaml \\
-      --input outputs/demo/SmolLM2-135M-Instruct/Original/train/samples/predictions.jsonl \\
+      --input outputs/demo/SmolLM2-135M-Instruct/gsm8k/135m/Original/train/samples/predictions.jsonl \\
       --output-dir outputs/soft/smollm2
   python soft_compress.py evaluate --model-dir outputs/soft/smollm2 \\
-      --input outputs/demo/SmolLM2-135M-Instruct/Original/test/samples/predictions.jsonl --hard-ratio 0.5
+      --input outputs/demo/SmolLM2-135M-Instruct/gsm8k/135m/Original/test/samples/predictions.jsonl \\
+      --hard-ratio 0.5
   # the hybrid: train on stage 2's CoTs hard-compressed at γ = 0.5
   python soft_compress.py train --recipe configs/soft_compression/qwen2.5_7b_24gb.yaml \\
-      --input outputs/.../NER_Enhanced_Compression/train_outputs_compressed_ratio_0.5.jsonl \\
+      --input outputs/.../NER_Enhanced_Compression/train_outputs_ner_enhanced_compressed_ratio_0.5.jsonl \\
       --output-dir outputs/soft/qwen7b
 """
 
