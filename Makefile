@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-vllm setup-ray test test-vllm test-bench-smoke test-all demo bench quality clean
+.PHONY: setup setup-vllm setup-ray setup-docs test test-vllm test-bench-smoke test-all demo bench quality docs clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,15 @@ $(RAY_STAMP): requirements-ray.txt $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -c 'import ray, ray.data.llm; print("Ray", ray.__version__, "in $(VLLM_VENV)")'
 	touch $(RAY_STAMP)
 
+# mkdocs (requirements-docs.txt) in .venv, for make docs and tests/docs
+DOCS_STAMP := $(VENV)/.docs-installed
+
+setup-docs: $(DOCS_STAMP)
+
+$(DOCS_STAMP): requirements-docs.txt $(STAMP)
+	$(PIP) install -q -c constraints.txt -r requirements-docs.txt
+	touch $(DOCS_STAMP)
+
 test: setup
 	$(BIN)/python -m pytest
 
@@ -76,6 +85,10 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench_generation.py
 	$(BIN)/python bench/bench_grading.py
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or a page left out of the nav
+docs: setup setup-docs
+	$(BIN)/mkdocs build --strict --site-dir site
 
 quality: setup
 	$(BIN)/ruff check tokenskip testkit tests bench *.py
