@@ -42,7 +42,7 @@ SERVER_URL="${SERVER_URL:-}"          # BACKEND=server: the OpenAI-compatible en
 SERVED_MODEL="${SERVED_MODEL:-}"      # BACKEND=server: the base model's served name (empty: the only one served)
 SERVED_ADAPTER="${SERVED_ADAPTER:-}"  # BACKEND=server: the adapter's served name (vllm serve --lora-modules)
 
-# Scaling out (README: Scaling out)
+# Scaling out (docs/scaling.md)
 DATA_PARALLEL_SIZE="${DATA_PARALLEL_SIZE:-1}"  # N engine replicas on this node, merged at the end (BACKEND=ray: in the cluster)
 TENSOR_PARALLEL_SIZE="${TENSOR_PARALLEL_SIZE:-}"  # vLLM: GPUs per pipeline stage of one engine (empty: every visible GPU)
 PIPELINE_PARALLEL_SIZE="${PIPELINE_PARALLEL_SIZE:-1}"  # vLLM: pipeline stages of one engine (TP x PP GPUs)

@@ -69,11 +69,11 @@ GRADER_RULES: dict[str, str] = {
     "tokenskip": "TokenSkip's own grading as its evaluation.py runs it (hemingkx/TokenSkip ef02f53): DeepSeek-Math's "
                  "extract_last_single_answer (GSM8K) or extract_math_answer (MATH: every stated answer) with "
                  "strip_string, then eval_math/math_equal; reproduced case for case on tests/grading/fidelity "
-                 "(README: Fidelity to the original code); answers are never run as Python",
+                 "(docs/fidelity.md); answers are never run as Python",
     "tokenskip-lenient": "TokenSkip's lineage with its mistakes corrected: the last \\boxed{} (also \\fbox, "
                          "\\boxed 5), a number followed by words is that number, only a trailing unit is dropped, "
                          "\\cdot between digits is a product, interval brackets matter, j is not i; verdicts differ "
-                         "from TokenSkip's (README: Fidelity to the original code)",
+                         "from TokenSkip's (docs/fidelity.md)",
     "math-verify": "Hugging Face Math-Verify 0.9 on the whole output",
 }
 # the independent opinion run beside each primary grader unless `Grader(graders=...)` names others

@@ -77,7 +77,7 @@ def build_parser() -> StageParser:
              "at most half of --max-batch-tokens); longer CoTs are scored in sliding windows")
     add("--stride", type=int, default=None,
         help="--selection answer: new CoT tokens each later window scores (default: half the window's room)")
-    flags.add_shard_flags(parser.add_argument_group("scaling out (README: Scaling out)"), unit="CoTs")
+    flags.add_shard_flags(parser.add_argument_group("scaling out (docs/scaling.md)"), unit="CoTs")
     return parser
 
 

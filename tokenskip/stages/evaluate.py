@@ -138,7 +138,7 @@ def build_parser() -> StageParser:
         help="this run's name in reports (default: its method); with --runs, the name of the tokenskip runs")
     add("--grader", choices=sorted(GRADERS), default=DEFAULT_GRADER,
         help="primary grader: tokenskip (TokenSkip's own grading, verdict for verdict), tokenskip-lenient (its "
-             "mistakes corrected: README, Fidelity to the original code) or math-verify; math-verify (or tokenskip "
+             "mistakes corrected: docs/fidelity.md) or math-verify; math-verify (or tokenskip "
              "beside math-verify) is reported too")
     add("--grading-timeout", type=float, default=5.0, help="seconds allowed for one answer-equivalence check")
     add("--regrade", metavar="PATH", default=None,
@@ -146,7 +146,7 @@ def build_parser() -> StageParser:
              "file is regraded in place with its metrics.json; any other file gets {name}.regraded.jsonl and "
              "{name}.regraded.metrics.json beside it")
     scaling = parser.add_argument_group(
-        "scaling out (README: Scaling out). A sharded run merges to exactly the unsharded one's files")
+        "scaling out (docs/scaling.md). A sharded run merges to exactly the unsharded one's files")
     scaling.add_argument("--data-parallel-size", type=int, default=1, metavar="N",
                          help="N engine replicas on this node, each on --tensor_parallel_size GPUs (N x TP in all) "
                               "and its share of the questions, merged at the end (vLLM's offline data-parallel "

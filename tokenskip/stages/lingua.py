@@ -51,7 +51,7 @@ def build_parser(method: str) -> StageParser:
         parser, dtype_help="auto: float32 on CPU, bf16 (or fp16) on GPU; float32 matches llmlingua most closely")
     add("--batch-size", type=int, default=None,
         help="512-token chunks per forward pass (default: 4 on CPU, 64 on GPU)")
-    flags.add_shard_flags(parser.add_argument_group("scaling out (README: Scaling out)"), unit="CoTs")
+    flags.add_shard_flags(parser.add_argument_group("scaling out (docs/scaling.md)"), unit="CoTs")
     return parser
 
 
