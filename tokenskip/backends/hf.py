@@ -88,7 +88,7 @@ class HFBackend:
         if on_cpu:
             register_cpu_attention()
         self.model = load_causal_lm(model_path, device=device, dtype=dtype, adapter_path=adapter_path,
-                                    attn_implementation=CPU_ATTENTION if on_cpu else None)
+                                    attn_implementation=CPU_ATTENTION if on_cpu else None, vocab_size=len(tokenizer))
         self.stop_ids = stop_token_ids(tokenizer)
         # A fresh config: the model's own may carry sampling defaults or a repetition penalty
         # that would silently change "greedy" decoding.

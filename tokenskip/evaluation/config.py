@@ -64,6 +64,7 @@ class EvalConfig:
     answer_field: str | None = None
     enforce_eager: bool = False
     gpu_memory_utilization: float | None = None  # vLLM: None leaves vLLM's default (0.9)
+    ratio_format: str = "eot"  # how γ is written into the prompt (prompts.RATIO_FORMATS)
     server_url: str | None = None
     served_model: str | None = None
     served_adapter: str | None = None
@@ -112,6 +113,8 @@ class EvalConfig:
         if args.n_samples > 1 and args.temperature == 0:
             raise UsageError(f"--n_samples {args.n_samples} with greedy decoding gives {args.n_samples} copies of "
                              "one answer; add --temperature (e.g. 0.6)")
+        if args.ratio_format == "token" and backend not in ("auto", "hf"):
+            raise UsageError(RATIO_TOKEN_BACKEND.format(backend=backend))
         if args.gpu_memory_utilization is not None and not 0.0 < args.gpu_memory_utilization <= 1.0:
             raise UsageError(f"--gpu-memory-utilization is the share of the GPU's memory vLLM may take, in (0, 1]; "
                              f"got {args.gpu_memory_utilization}")
@@ -228,12 +231,17 @@ class RunSettings:
     question_field: str  # "" unless --question-field / --answer-field read the file through other fields
     answer_field: str
     adapter_sha256: str | None = None  # the adapter's files (models/loading.adapter_sha256); None: no adapter
+    ratio_format: str = "eot"  # prompts.RATIO_FORMATS: the tag's spelling changes every tagged prompt
 
+
+RATIO_TOKEN_BACKEND = ("--ratio-format token: the adapter trains the embeddings of the added tokens, which "
+                       "--backend {backend} cannot load; use --backend hf")
 
 # Settings added after runs were already made: an older run.json without them is taken to have used
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
 LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
-                   "question_field": "", "answer_field": "", "adapter_sha256": None}
+                   "question_field": "", "answer_field": "", "adapter_sha256": None,
+                   "ratio_format": "eot"}
 
 
 def run_dir(config: EvalConfig) -> Path:

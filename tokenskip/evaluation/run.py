@@ -249,6 +249,7 @@ def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
         thinking=config.thinking, question_field=config.question_field or "",
         answer_field=config.answer_field or "",
         adapter_sha256=shared.adapter_sha256 if config.adapter_path else None,
+        ratio_format=config.ratio_format,
     )
 
 
@@ -262,7 +263,7 @@ def build_prompts(config: EvalConfig, examples: list[data.Example], tokenizer) -
         example.id: prompts.build_prompt(
             example.question, model_type=config.model_type, ratio=tagged_ratio,
             bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
-            tokenizer=tokenizer, system=config.system, thinking=switch,
+            tokenizer=tokenizer, system=config.system, thinking=switch, ratio_format=config.ratio_format,
         )
         for example in examples
     }

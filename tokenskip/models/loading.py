@@ -109,11 +109,25 @@ def adapter_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def saved_embedding_rows(adapter_path: str) -> int | None:
+    """The rows of the input embeddings an adapter saved whole (modules_to_save: trained added tokens), if any."""
+    weights = Path(adapter_path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        rows = [handle.get_slice(key).get_shape()[0] for key in handle.keys() if "embed_tokens" in key]
+    return max(rows) if rows else None
+
+
 def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = None,
-                   attn_implementation: str | None = None):
+                   attn_implementation: str | None = None, vocab_size: int | None = None):
     """A causal LM in eval mode on `device`, with a LoRA adapter merged in for speed.
 
     `attn_implementation` is a preference: a model that does not support it loads with its default.
+    `vocab_size`: the tokenizer's length; an adapter trained with added tokens (LLaMA-Factory's resize_vocab,
+    --ratio-format token) needs the embeddings resized to it before its saved embedding layers load.
     """
     from transformers import AutoModelForCausalLM
 
@@ -129,6 +143,10 @@ def load_causal_lm(path: str, *, device: str, dtype, adapter_path: str | None = 
         raise UsageError(f"could not load a causal LM from {path} ({first_line(exc)}); {DOWNLOAD_HINT}") from None
     if adapter_path:
         from peft import PeftModel
+
+        rows = saved_embedding_rows(adapter_path)
+        if vocab_size and rows and rows > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(rows)  # the adapter's own size (LLaMA-Factory pads to a multiple of 64)
 
         model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
     return model.to(device).eval()

@@ -19,6 +19,23 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 QWEN_SYSTEM = "You are a helpful assistant."
 # What the model writes after its reasoning; the CoT is everything before it.
 ANSWER_MARKER = "\n\nThe final answer is:"
+# How γ is written into the prompt. eot (the default): TokenSkip's `<|eot_id|>γ<|eot_id|>`, which the released
+# adapters learned; the tokenizer reads γ as plain digits. token: one added vocabulary token per γ,
+# `<COMP_50>` (Extra-CoT's control tokens, arXiv 2602.08324), which training must add to the tokenizer
+# and learn (LLaMA-Factory: add_special_tokens + resize_vocab; stage 3 prints the overrides).
+RATIO_FORMATS = ("eot", "token")
+RATIO_TOKEN = "<COMP_{percent}>"
+
+
+def ratio_token(ratio: float) -> str:
+    return RATIO_TOKEN.format(percent=round(ratio * 100))
+
+
+def ratio_tokens(ratios) -> list[str]:
+    """The added tokens of --ratio-format token for these γ (1.0 stays untagged, as in TokenSkip)."""
+    return [ratio_token(ratio) for ratio in ratios if ratio < 1.0]
+
+
 # The prompt-based baseline of the paper: ask the base model itself to reason with fewer words.
 REDUCTION_REQUEST = "Please reduce {percent}% of the words in your reasoning."
 
@@ -27,27 +44,34 @@ def reduction_request(ratio: float) -> str:
     return REDUCTION_REQUEST.format(percent=round((1.0 - ratio) * 100))
 
 
-def user_content(question: str, ratio: float, model_type: str, eos: str = "", request: str = "") -> str:
+def user_content(question: str, ratio: float, model_type: str, eos: str = "", request: str = "",
+                 ratio_format: str = "eot") -> str:
     """The user turn's text: instruction, question and, when γ < 1, the ratio tag.
 
     `request` (the prompt-based baseline's instruction) replaces the ratio tag: the base model
-    was never trained on the tag, so it is asked in words instead.
+    was never trained on the tag, so it is asked in words instead. `ratio_format` token puts the
+    γ's control token where the eot format puts its tag.
     """
+    if ratio_format not in RATIO_FORMATS:
+        raise ValueError(f"unknown ratio format {ratio_format!r}; expected one of {RATIO_FORMATS}")
     if request:
         separator = "\n" if model_type == "llama3" else ""
         return f"{INSTRUCTION}\n{question}\n{request}{separator}"
     if model_type in ("qwen", "chat"):
         # chat models get the tag the released adapters learned, literally, right after the question
-        tag = f"<|eot_id|>{ratio_tag(ratio)}<|eot_id|>" if ratio < 1.0 else ""
+        tag = "" if ratio >= 1.0 else (ratio_token(ratio) if ratio_format == "token"
+                                       else f"<|eot_id|>{ratio_tag(ratio)}<|eot_id|>")
         return f"{INSTRUCTION}\n{question}{tag}"
     if model_type == "llama3":
-        tag = f"{eos}{ratio_tag(ratio)}{eos}" if ratio < 1.0 else ""
+        tag = "" if ratio >= 1.0 else (ratio_token(ratio) if ratio_format == "token"
+                                       else f"{eos}{ratio_tag(ratio)}{eos}")
         return f"{INSTRUCTION}\n{question}\n{tag}"
     raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")
 
 
 def build_prompt(question: str, *, model_type: str, ratio: float = 1.0, bos: str = "", eos: str = "",
-                 request: str = "", tokenizer=None, system: str | None = None, thinking: bool | None = None) -> str:
+                 request: str = "", tokenizer=None, system: str | None = None, thinking: bool | None = None,
+                 ratio_format: str = "eot") -> str:
     """The full generation prompt; `bos`/`eos` are the tokenizer's (needed for llama3 only).
 
     `chat`: the tokenizer's own chat template renders one user turn (and a system turn only when
@@ -58,19 +82,21 @@ def build_prompt(question: str, *, model_type: str, ratio: float = 1.0, bos: str
         if tokenizer is None:
             raise ValueError("the chat prompt format needs the tokenizer")
         messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": user_content(question, ratio, model_type, request=request)})
+        content = user_content(question, ratio, model_type, request=request, ratio_format=ratio_format)
+        messages.append({"role": "user", "content": content})
         switches = {} if thinking is None else {"enable_thinking": thinking}
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **switches)
     if model_type == "qwen":
+        content = user_content(question, ratio, model_type, request=request, ratio_format=ratio_format)
         return (
             f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{user_content(question, ratio, model_type, request=request)}<|im_end|>\n"
+            f"<|im_start|>user\n{content}<|im_end|>\n"
             "<|im_start|>assistant\n"
         )
     if model_type == "llama3":
         return (
             f"{bos}<|start_header_id|>user<|end_header_id|>\n\n"
-            f"{user_content(question, ratio, model_type, eos, request)}{eos}"
+            f"{user_content(question, ratio, model_type, eos, request, ratio_format)}{eos}"
             "<|start_header_id|>assistant<|end_header_id|>\n\n"
         )
     raise ValueError(f"unknown model type {model_type!r}; expected one of {PROMPT_FORMATS}")

@@ -17,13 +17,23 @@ from tokenskip.backends import BACKENDS, choose_backend
 from tokenskip.backends.vllm import EXECUTORS
 from tokenskip.core import layout
 from tokenskip.core.cli import StageParser, user_errors
+from tokenskip.core.errors import UsageError
 from tokenskip.core.shards import ShardPlan
 from tokenskip.data import benchmarks as data
-from tokenskip.evaluation.config import BASELINES, OVERLONG, RUN_METHODS, SERVED_ADAPTER, THINKING_SWITCH, EvalConfig
+from tokenskip.evaluation.config import (
+    BASELINES,
+    OVERLONG,
+    RATIO_TOKEN_BACKEND,
+    RUN_METHODS,
+    SERVED_ADAPTER,
+    THINKING_SWITCH,
+    EvalConfig,
+)
 from tokenskip.evaluation.parallel import entry_command, run_ranks
 from tokenskip.evaluation.regrade import regrade
 from tokenskip.evaluation.run import SharedModel, evaluate_ratio, with_prompt_format
 from tokenskip.grading.graders import DEFAULT_GRADER, GRADERS
+from tokenskip.prompting import prompts
 from tokenskip.stages import flags
 
 EXAMPLES = """examples:
@@ -61,6 +71,11 @@ def build_parser() -> StageParser:
         help="chat templates with a thinking switch (Qwen3's enable_thinking): on, off, or auto (the template's "
              "default). Outputs with `</think>` are thinking outputs whatever this says: their thinking is the CoT")
     add("--use_adapter", action="store_true", help="load the LoRA adapter from --adapter-path")
+    add("--ratio-format", choices=prompts.RATIO_FORMATS, default="eot",
+        help="how γ is written into the prompt, as stage 3 wrote it for training: eot, TokenSkip's "
+             "<|eot_id|>γ<|eot_id|>; token, an added token such as <COMP_50> (get_llamafactory_input.py "
+             "--ratio-format token): the tokenizer then comes from the adapter's folder, which holds the added "
+             "tokens; transformers backend only")
     add("--compression_ratio", type=float, nargs="+", default=[1.0], metavar="γ",
         help="target CoT compression ratio γ in (0, 1]; γ < 1 adds the ratio tag to the prompt. Several "
              "ratios run one after another, each in its own folder, with the model loaded once")
@@ -165,6 +180,22 @@ def build_parser() -> StageParser:
     return parser
 
 
+def check_ratio_tokens(config, tokenizer, tokenizer_path: str) -> None:
+    """--ratio-format token: every γ's control token is one token of the tokenizer, and the backend can load the
+    embeddings the adapter trained for them; else a one-line error now, not prompts the model never saw."""
+    if config.ratio_format != "token":
+        return
+    if config.backend != "hf":  # --backend auto chose vLLM (a GPU with vLLM installed)
+        raise UsageError(RATIO_TOKEN_BACKEND.format(backend=config.backend))
+    tagged = sorted({ratio for ratio in config.ratios if ratio < 1.0} if not config.baseline else set())
+    vocab = tokenizer.get_vocab()
+    missing = [prompts.ratio_token(ratio) for ratio in tagged if prompts.ratio_token(ratio) not in vocab]
+    if missing:
+        raise UsageError(f"--ratio-format token: the tokenizer in {tokenizer_path} has no {', '.join(missing)}: "
+                         "evaluate an adapter trained on get_llamafactory_input.py --ratio-format token data (its "
+                         "folder holds the tokenizer with the added tokens), or pass --tokenizer-path")
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Evaluate at every ratio asked for, loading the model once; returns each run's metrics."""
     config = EvalConfig.from_args(build_parser().parse_args(argv))
@@ -189,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     model_path = resolve_model_path(config.model_path)
     tokenizer_path = (resolve_model_path(config.tokenizer_path, "--tokenizer-path") if config.tokenizer_path
                       else model_path)
+    if config.ratio_format == "token" and not config.tokenizer_path and config.adapter_path and \
+            (Path(config.adapter_path) / "tokenizer_config.json").is_file():
+        tokenizer_path = config.adapter_path  # LLaMA-Factory saves the resized tokenizer with the adapter
     served = config.adapter_path and config.adapter_path.startswith(SERVED_ADAPTER)
     adapter_config = check_adapter(config.adapter_path) if config.adapter_path and not served else None
     config = replace(config, backend=choose_backend(config.backend))
@@ -197,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     data_sha256 = data.content_hash(examples)
     examples = data.subsample(examples, config.max_num_examples, config.seed)
     tokenizer = load_tokenizer(tokenizer_path)
+    check_ratio_tokens(config, tokenizer, tokenizer_path)
     config, family = with_prompt_format(config, tokenizer)
     identity = adapter_sha256(config.adapter_path) if adapter_config is not None else None
     if identity:  # which adapter, always said: a table must never silently report another one

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import time
 from collections import Counter
@@ -57,26 +58,33 @@ def final_answer_text(answer) -> str:
     return ", ".join(map(str, answer)) if isinstance(answer, list) else str(answer)
 
 
-def training_input(question: str, ratio: float, model_type: str) -> str:
+def training_input(question: str, ratio: float, model_type: str, ratio_format: str = "eot") -> str:
     """What follows the instruction in the user turn: the question and, for γ < 1, the ratio tag.
 
     Derived from the prompt `evaluation.py` builds, so that training and inference agree token
     for token (LLaMA-Factory joins instruction and input with a newline).
     """
-    user = prompts.user_content(question, ratio, model_type, eos="<|eot_id|>")
+    user = prompts.user_content(question, ratio, model_type, eos="<|eot_id|>", ratio_format=ratio_format)
     return user.removeprefix(prompts.INSTRUCTION + "\n")
 
 
 def training_record(question: str, cot: str, answer, ratio: float, model_type: str,
-                    answer_section: str | None = None, system: str | None = None) -> TrainingRecord:
+                    answer_section: str | None = None, system: str | None = None,
+                    ratio_format: str = "eot") -> TrainingRecord:
     """One LLaMA-Factory record. A thinking model's target is its (compressed) thinking inside
     `<think>…</think>` and then its own answer section, verbatim; other models' is the CoT and
     TokenSkip's final-answer sentence. `system`: the chat system message stage 1 used, if any."""
     output = (thinking.thinking_output(cot, answer_section) if answer_section is not None
               else f"{cot}{prompts.ANSWER_MARKER} $\\boxed{{{final_answer_text(answer)}}}$")
-    record = {"instruction": prompts.INSTRUCTION, "input": training_input(question, ratio, model_type),
+    record = {"instruction": prompts.INSTRUCTION, "input": training_input(question, ratio, model_type, ratio_format),
               "output": output}
     return {**record, "system": system} if system else record
+
+
+def token_format_overrides(ratios: Sequence[float]) -> list[str]:
+    """LLaMA-Factory overrides that add --ratio-format token's tokens to the vocabulary and train them (with LoRA,
+    LLaMA-Factory then trains and saves the embedding layers too)."""
+    return [f"add_special_tokens={','.join(prompts.ratio_tokens(ratios))}", "resize_vocab=true"]
 
 
 def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple[list[dict], dict[float, dict]]:
@@ -107,7 +115,7 @@ def load_aligned(input_dir: Path, method: str, ratios: Sequence[float]) -> tuple
 
 
 def build_records(originals: list[dict], compressed: dict[float, dict], *, model_type: str, mix: str,
-                  seed: int, system: str | None = None) -> tuple[list[dict], Counter]:
+                  seed: int, system: str | None = None, ratio_format: str = "eot") -> tuple[list[dict], Counter]:
     """`sample`: one γ per question drawn uniformly from {1.0} ∪ ratios (the original);
     `all`: every γ for every question. Then shuffled, with the original's seeded RNG use."""
     rng = random.Random(seed)
@@ -118,11 +126,11 @@ def build_records(originals: list[dict], compressed: dict[float, dict], *, model
         for ratio in picked:
             if ratio == 1.0:
                 record = training_record(question_of(original), original["cot"], original["prediction"],
-                                         1.0, model_type, original.get("answer_section"), system)
+                                         1.0, model_type, original.get("answer_section"), system, ratio_format)
             else:
                 line = compressed[ratio][original["id"]]
                 record = training_record(line["question"], line["compressed_cot"], line["model_answer"], ratio,
-                                         model_type, original.get("answer_section"), system)
+                                         model_type, original.get("answer_section"), system, ratio_format)
             records.append(record)
             per_ratio[ratio] += 1
     rng.shuffle(records)
@@ -410,6 +418,11 @@ def build_parser() -> StageParser:
         help="default: outputs/mydataset_compressed_{benchmark}_{method}_{model_type}_{SIZE}.json")
     add("--llamafactory-dir", default=None,
         help="also copy the file into DIR/data/ and register it in DIR/data/dataset_info.json")
+    add("--ratio-format", choices=prompts.RATIO_FORMATS, default="eot",
+        help="how γ is written into the input: eot, TokenSkip's <|eot_id|>γ<|eot_id|> (what the released adapters "
+             "learned); token, one added token per γ such as <COMP_50> (Extra-CoT's control tokens): training then "
+             "adds them to the vocabulary (the LLaMA-Factory overrides are printed), and evaluation.py needs the "
+             "same --ratio-format")
     add("--overwrite", action="store_true", help=OVERWRITE_HELP)
     return parser
 
@@ -428,11 +441,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
         _data_dir(Path(args.llamafactory_dir))  # refuse a wrong folder before writing anything
     originals, compressed = load_aligned(input_dir, args.method, ratios)
     records, per_ratio = build_records(originals, compressed, model_type=model_type, mix=args.mix,
-                                       seed=args.seed, system=stage1.get("system") if model_type == "chat" else None)
+                                       seed=args.seed, system=stage1.get("system") if model_type == "chat" else None,
+                                       ratio_format=args.ratio_format)
     content = (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     counts = ", ".join(f"γ={ratio}: {per_ratio[ratio]}" for ratio in [1.0, *ratios])
     print(f"{len(records)} training records from {len(originals)} questions ({counts})")
     print(training_template_note(model_type, stage1.get("chat_family")))
+    if args.ratio_format == "token":
+        print("--ratio-format token: train with the overrides " + shlex.join(token_format_overrides(ratios)) +
+              " (the new tokens' embeddings are trained and saved with the adapter)")
 
     def write_output() -> None:
         with atomic_writer(output_file, "wb") as handle:
