@@ -110,6 +110,7 @@ class Variant:
     rank: int = 8
     note: str = ""
     profile: str = "small"  # "small": the sample sets, 32 test questions; "scale": GSM8K, 200 test questions
+    ratio_format: str = "eot"  # how γ is written (prompts.RATIO_FORMATS): token adds <COMP_50>-style tokens
 
     @property
     def scale(self) -> bool:
@@ -117,12 +118,14 @@ class Variant:
 
     def levers(self) -> str:
         return (f"{self.data}, {self.scorer}, mix {self.mix}, {_num(self.epochs)} ep, lr {_num(self.lr)}, "
-                f"r {self.rank}" + (", batch 8, GSM8K test" if self.scale else ""))
+                f"r {self.rank}" + (", batch 8, GSM8K test" if self.scale else "")
+                + (f", γ as {self.ratio_format}" if self.ratio_format != "eot" else ""))
 
     def spec(self) -> str:
         """The --add text that defines this variant."""
         return (f"{self.name}=data:{self.data},scorer:{self.scorer},mix:{self.mix},epochs:{_num(self.epochs)},"
-                f"lr:{_num(self.lr)},rank:{self.rank}" + (f",profile:{self.profile}" if self.scale else ""))
+                f"lr:{_num(self.lr)},rank:{self.rank}" + (f",profile:{self.profile}" if self.scale else "")
+                + (f",ratio_format:{self.ratio_format}" if self.ratio_format != "eot" else ""))
 
 
 DEMO = Variant("A", note="the demo recipe before this bench (TokenSkip's rank 8, α 16; lr 3e-4)")
@@ -145,10 +148,12 @@ VARIANTS = [
             note="3,000 GSM8K questions, one γ each, 1 epoch"),
     Variant("S7", data="gsm8k-all", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
             note="all 7,473 GSM8K train questions, one γ each, 1 epoch"),
+    Variant("S3T", data="gsm8k-3k", scorer="worddrop", mix="sample", lr=1e-3, rank=32, profile="scale",
+            ratio_format="token", note="as S3, γ as one added token (<COMP_50>) the model learns (Extra-CoT)"),
 ]
 VARIANTS_BY_NAME = {variant.name: variant for variant in VARIANTS}
 _FIELDS = {"data": str, "scorer": str, "mix": str, "epochs": float, "lr": float, "rank": int, "note": str,
-           "profile": str}
+           "profile": str, "ratio_format": str}
 PROFILES = ("small", "scale")
 
 
@@ -182,6 +187,8 @@ def check_variant(variant: Variant) -> Variant:
         raise ValueError(f"variant {variant.name}: scorer must be one of {', '.join(SCORERS)}, not {variant.scorer!r}")
     if variant.mix not in MIXES:
         raise ValueError(f"variant {variant.name}: mix must be one of {', '.join(MIXES)}, not {variant.mix!r}")
+    if variant.ratio_format not in ("eot", "token"):
+        raise ValueError(f"variant {variant.name}: ratio_format must be eot or token, not {variant.ratio_format!r}")
     if variant.profile not in PROFILES:
         raise ValueError(f"variant {variant.name}: profile must be one of {', '.join(PROFILES)}, "
                          f"not {variant.profile!r}")
@@ -870,10 +877,10 @@ class Bench:
 
     # -------------------------------------------------------- stage 3
 
-    def stage3(self, source: DataSource, scorer: str, mix: str) -> tuple[Path, str, int]:
+    def stage3(self, source: DataSource, scorer: str, mix: str, ratio_format: str = "eot") -> tuple[Path, str, int]:
         """LLaMA-Factory data: (its dataset_dir, the dataset name, the number of records)."""
         model_dir = self.stage2(source, scorer)
-        name = f"bc_{source.name}_{scorer}_{mix}".replace("-", "_")
+        name = f"bc_{source.name}_{scorer}_{mix}".replace("-", "_") + ("_token" if ratio_format == "token" else "")
         data_dir = self.out / "llamafactory" / name / "data"
         dataset = data_dir / f"{name}.json"
         step = f"stage3-{name}"
@@ -884,6 +891,7 @@ class Bench:
                                    "--model-size", MODEL_SIZE, "--model-type", MODEL_TYPE, "--benchmark", "gsm8k",
                                    "--method", STAGE3_METHOD[scorer], "--ratios", *map(str, TRAIN_RATIOS),
                                    "--mix", mix, "--seed", str(SEED), "--output-file", str(dataset),
+                                   "--ratio-format", ratio_format,
                                    "--llamafactory-dir", str(data_dir.parent), "--overwrite"])
 
         self.timed(step, lambda: dataset.is_file() and (data_dir / "dataset_info.json").is_file(), action)
@@ -913,7 +921,7 @@ class Bench:
             return _read_json(result_path)
         self.say(f"variant {variant.name}: {variant.levers()}" + (f" — {variant.note}" if variant.note else ""))
         source = DATA_SOURCES[variant.data]
-        data_dir, dataset, n_records = self.stage3(source, variant.scorer, variant.mix)
+        data_dir, dataset, n_records = self.stage3(source, variant.scorer, variant.mix, variant.ratio_format)
         root = self.variant_dir(variant)
         adapter = root / "adapter"
         saved = _read_json(root / "spec.json")
@@ -960,6 +968,10 @@ class Bench:
             # same command from the last one (optimizer, scheduler, RNG and data order included)
             overrides += ["save_strategy=steps", f"save_steps={s.save_steps}", "save_total_limit=2",
                           "overwrite_output_dir=false"]
+        if variant.ratio_format == "token":  # the <COMP_xx> tokens added to the vocabulary and trained
+            from tokenskip.stages.llamafactory import token_format_overrides
+
+            overrides += token_format_overrides(TRAIN_RATIOS)
         if s.max_steps:
             overrides.append(f"max_steps={s.max_steps}")
         cli = Path(self.python).parent / "llamafactory-cli"
@@ -1019,6 +1031,7 @@ class Bench:
         self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
                    lambda: self.run(step, [*self.eval_args(root / "runs"), "--runs", "original", "tokenskip",
                                            "--adapter-path", str(adapter), "--label", variant.name,
+                                           "--ratio-format", variant.ratio_format,
                                            "--compression_ratio", *map(str, ratios)]))
         self.run(f"report-{variant.name}", [self.python, "report.py", str(root / "runs")])
         self.timed(f"probe-{variant.name}", lambda: (root / "gamma_matrix.json").is_file(),
@@ -1075,18 +1088,20 @@ class Bench:
 
         self.say(f"probe-{variant.name}: {len(items)} held-out questions x {len(ratios)} data ratios x "
                  f"{len(ratios)} tags, teacher-forced")
-        tokenizer = AutoTokenizer.from_pretrained(str(MODEL))
-
-        def measure(adapter_path: str | None) -> dict:
-            model = load_causal_lm(str(MODEL), device="cpu", dtype=torch.float32, adapter_path=adapter_path)
-            return gamma_matrix(model, tokenizer, items, ratios, model_type=MODEL_TYPE, target_of=target_of)
+        def measure(adapter_path: str | None, ratio_format: str) -> dict:
+            # --ratio-format token: the adapter's folder holds the tokenizer with the added tokens
+            tokenizer = AutoTokenizer.from_pretrained(adapter_path if ratio_format == "token" else str(MODEL))
+            model = load_causal_lm(str(MODEL), device="cpu", dtype=torch.float32, adapter_path=adapter_path,
+                                   vocab_size=len(tokenizer))
+            return gamma_matrix(model, tokenizer, items, ratios, model_type=MODEL_TYPE, target_of=target_of,
+                                ratio_format=ratio_format)
 
         # the base model's matrix (it never saw a tag: what the data alone does to each row) is the same for
-        # every variant on these held-out CoTs: computed once
+        # every variant on these held-out CoTs: computed once, with TokenSkip's tags (it knows no added token)
         base_file = self.out / "probe" / f"base-{variant.scorer}-{len(items)}x{len(ratios)}.json"
-        matrix = {"adapter": measure(str(adapter)), "base": _read_json(base_file)}
+        matrix = {"adapter": measure(str(adapter), variant.ratio_format), "base": _read_json(base_file)}
         if matrix["base"] is None:
-            matrix["base"] = measure(None)
+            matrix["base"] = measure(None, "eot")
             _write_json(base_file, matrix["base"])
         matrix["heldout"] = "GSM8K test reference solutions outside the evaluated questions, compressed by " \
                             f"{variant.scorer} as the training data"
@@ -1107,7 +1122,8 @@ class Bench:
         per_tag: dict[str, int] = {}
         for record in records:
             found = re.search(r"<\|eot_id\|>([0-9.]+)<\|eot_id\|>", record["input"])
-            tag = found.group(1) if found else "1.0"
+            token = re.search(r"<COMP_([0-9]+)>", record["input"])
+            tag = found.group(1) if found else (ratio_tag(int(token.group(1)) / 100) if token else "1.0")
             per_tag[tag] = per_tag.get(tag, 0) + 1
         state = _read_json(adapter / "trainer_state.json") or {}
         return {

@@ -21,7 +21,7 @@ def test_builtin_variants_cover_the_levers_and_start_with_the_demo_recipe():
     demo = bc.VARIANTS_BY_NAME["A"]
     assert (demo.data, demo.scorer, demo.mix, demo.epochs, demo.lr, demo.rank) == ("own-greedy", "cts", "all", 1.0,
                                                                                    3e-4, 8)
-    levers = {(v.data, v.scorer, v.mix, v.epochs, v.lr, v.rank) for v in bc.VARIANTS}
+    levers = {(v.data, v.scorer, v.mix, v.epochs, v.lr, v.rank, v.ratio_format) for v in bc.VARIANTS}
     assert len(levers) == len(bc.VARIANTS)  # no two variants are the same recipe
     for variant in bc.VARIANTS:
         assert bc.check_variant(variant) is variant
@@ -144,7 +144,10 @@ def test_token_speedup_pairs_questions():
 
 def test_scale_variants_are_listed_and_reach_the_papers_scale():
     scale = [v for v in bc.VARIANTS if v.scale]
-    assert {v.name for v in scale} >= {"S3", "S7"}
+    assert {v.name for v in scale} >= {"S3", "S7", "S3T"}
+    assert bc.VARIANTS_BY_NAME["S3T"].ratio_format == "token"
+    with pytest.raises(ValueError, match="ratio_format must be eot or token"):
+        bc.select_variants(None, ["W=ratio_format:digits"])
     for variant in scale:
         source = bc.DATA_SOURCES[variant.data]
         assert source.kind == "mixed" and (source.questions is None or source.questions >= 3000)

@@ -32,11 +32,12 @@ class HeldOutCoT:
 
 
 def pair_texts(item: HeldOutCoT, data_ratio: float, prompt_ratio: float, *, model_type: str,
-               target_of: Callable[[str, str], str], tokenizer=None) -> tuple[str, str]:
+               target_of: Callable[[str, str], str], tokenizer=None, ratio_format: str = "eot") -> tuple[str, str]:
     """(prompt, target) for one cell: the prompt tagged `prompt_ratio`, the target compressed at `data_ratio`."""
     prompt = prompts.build_prompt(item.question, model_type=model_type, ratio=prompt_ratio,
                                   bos=getattr(tokenizer, "bos_token", "") or "",
-                                  eos=getattr(tokenizer, "eos_token", "") or "", tokenizer=tokenizer)
+                                  eos=getattr(tokenizer, "eos_token", "") or "", tokenizer=tokenizer,
+                                  ratio_format=ratio_format)
     return prompt, target_of(item.cots[data_ratio], item.answer)
 
 
@@ -82,7 +83,7 @@ def token_logliks(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_s
 
 def gamma_matrix(model, tokenizer, items: Sequence[HeldOutCoT], ratios: Sequence[float], *, model_type: str,
                  target_of: Callable[[str, str], str], batch_size: int = 8, device: str = "cpu",
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None, ratio_format: str = "eot") -> dict:
     """The len(ratios) x len(ratios) matrix, rows γd, columns γp (both in `ratios`' order).
 
     A cell is the mean over questions of each target's mean log-likelihood per token (every question
@@ -92,7 +93,8 @@ def gamma_matrix(model, tokenizer, items: Sequence[HeldOutCoT], ratios: Sequence
     pairs, where = [], []
     for d, p in cells:
         for item in items:
-            pairs.append(pair_texts(item, d, p, model_type=model_type, target_of=target_of, tokenizer=tokenizer))
+            pairs.append(pair_texts(item, d, p, model_type=model_type, target_of=target_of, tokenizer=tokenizer,
+                                    ratio_format=ratio_format))
             where.append((d, p))
     scores = token_logliks(model, tokenizer, pairs, batch_size=batch_size, device=device, progress=progress)
     per_cell: dict[tuple[float, float], list[float]] = {cell: [] for cell in cells}
@@ -104,7 +106,7 @@ def gamma_matrix(model, tokenizer, items: Sequence[HeldOutCoT], ratios: Sequence
     return {"ratios": list(ratios), "rows": "data ratio γd (the CoT's compression)",
             "columns": "prompt tag γp (1.0: untagged)", "mean_loglik": matrix,
             "target_tokens": [[tokens[(d, p)] // len(items) for p in ratios] for d in ratios],
-            "n_questions": len(items), **read_matrix(matrix, ratios)}
+            "n_questions": len(items), "ratio_format": ratio_format, **read_matrix(matrix, ratios)}
 
 
 def read_matrix(matrix: Sequence[Sequence[float]], ratios: Sequence[float]) -> dict:
