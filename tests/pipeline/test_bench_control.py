@@ -231,3 +231,24 @@ def test_render_prints_the_tables_of_a_results_file(tmp_path, capsys):
     assert "Follows γ (issue 28's criteria): no (ratio@0.9 –)" in out
     (tmp_path / "other.json").write_text("[]")
     assert bc.main(["--render", str(tmp_path / "other.json")]) == 2
+
+
+@pytest.mark.slow
+def test_token_format_smoke_carries_the_format_through_every_stage(tmp_path, smollm2_dir):
+    """`--smoke --variants S3T`: stage 3 writes <COMP_xx> tokens, LLaMA-Factory adds and trains them, the
+    evaluation and the γ-probe prompt with them."""
+    import json
+    import subprocess
+
+    out = tmp_path / "bc"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_control.py"), "--smoke", "--variants", "S3T",
+                           "--out-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [data] = (out / "llamafactory").glob("*_token/data/*_token.json")
+    inputs = [record["input"] for record in json.loads(data.read_text())]
+    assert any("<COMP_" in text for text in inputs) and not any("<|eot_id|>" in text for text in inputs)
+    run = json.loads(next((out / "variants" / "S3T" / "runs").rglob("TokenSkip/0.5/samples/run.json")).read_text())
+    assert run["ratio_format"] == "token"
+    result = json.loads((out / "variants" / "S3T" / "result.json").read_text())
+    assert result["gamma_matrix"]["adapter"]["ratio_format"] == "token"
+    assert sum(result["records_per_gamma"].values()) == 10 and set(result["records_per_gamma"]) - {"1.0"}
