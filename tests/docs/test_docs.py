@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.parsers import script_parsers
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
@@ -442,25 +444,6 @@ def path_problems(document: Document) -> list[str]:
 
 
 # ---------------------------------------------------------------- commands
-
-
-def script_parsers() -> dict[str, argparse.ArgumentParser]:
-    """The parser behind each entry script, as tests/stages/test_flags.py lists them."""
-    from tokenskip.stages import cts, download, evaluate, lingua, llamafactory, report, soft, train
-
-    return {
-        "evaluation.py": evaluate.build_parser(),
-        "LLMLingua.py": lingua.build_parser("llmlingua2"),
-        "llmlingua_ner.py": lingua.build_parser("ner"),
-        "CTS_data_get.py": cts.build_parser(),
-        "get_llamafactory_input.py": llamafactory.build_parser(),
-        "copy_to_llamafactory.py": llamafactory.copy_parser(),
-        "register_dataset.py": llamafactory.register_parser(),
-        "download_models.py": download.build_parser(),
-        "report.py": report.build_parser(),
-        "soft_compress.py": soft.build_parser(),
-        "-m tokenskip.stages.train": train.build_parser(),
-    }
 
 
 @functools.cache

@@ -6,35 +6,10 @@ import argparse
 
 import pytest
 
-from tokenskip.core.cli import StageParser, flag_key
+from testkit.parsers import script_parsers
+from tokenskip.core.cli import flag_key
 
-
-def script_parsers() -> dict[str, StageParser]:
-    """The parser behind each entry script (soft_compress.py's subcommands included)."""
-    from tokenskip.stages import cts, download, evaluate, lingua, llamafactory, report, soft, train
-
-    parsers = {
-        "evaluation.py": evaluate.build_parser(),
-        "LLMLingua.py": lingua.build_parser("llmlingua2"),
-        "llmlingua_ner.py": lingua.build_parser("ner"),
-        "CTS_data_get.py": cts.build_parser(),
-        "get_llamafactory_input.py": llamafactory.build_parser(),
-        "copy_to_llamafactory.py": llamafactory.copy_parser(),
-        "register_dataset.py": llamafactory.register_parser(),
-        "download_models.py": download.build_parser(),
-        "report.py": report.build_parser(),
-        "python -m tokenskip.stages.train": train.build_parser(),
-    }
-    top = soft.build_parser()
-    parsers["soft_compress.py"] = top
-    for action in top._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                parsers[f"soft_compress.py {name}"] = sub
-    return parsers
-
-
-PARSERS = script_parsers()
+PARSERS = script_parsers(subcommands=True)
 
 
 @pytest.mark.parametrize("script", sorted(PARSERS))
