@@ -800,9 +800,13 @@ class Bench:
 
     def stage2_dir(self, source: DataSource, scorer: str) -> Path:
         """`{output-dir}/{size}` of a (data, scorer) pair: a copy of stage 1's files, and the ratio files."""
+
+        return self.compressed_dir(f"{source.name}-{scorer}")
+
+    def compressed_dir(self, key: str) -> Path:
         from tokenskip.core import layout
 
-        return layout.model_dir(self.out / "stage2" / f"{source.name}-{scorer}", MODEL_SIZE)
+        return layout.model_dir(self.out / "stage2" / key, MODEL_SIZE)
 
     def stage2(self, source: DataSource, scorer: str) -> Path:
         return self.compress(f"{source.name}-{scorer}", self.stage1(source), scorer)
@@ -811,7 +815,7 @@ class Bench:
         """Stage 2 over a stage-1 samples folder, in stage2/{key}; its `{output-dir}/{size}` folder."""
         from tokenskip.core import layout
 
-        model_dir = layout.model_dir(self.out / "stage2" / key, MODEL_SIZE)
+        model_dir = self.compressed_dir(key)
         target = layout.stage1_samples(model_dir)
         folder = layout.compression_dir(model_dir, STAGE3_METHOD[scorer])
         step = f"stage2-{key}"
