@@ -800,7 +800,6 @@ class Bench:
 
     def stage2_dir(self, source: DataSource, scorer: str) -> Path:
         """`{output-dir}/{size}` of a (data, scorer) pair: a copy of stage 1's files, and the ratio files."""
-
         return self.compressed_dir(f"{source.name}-{scorer}")
 
     def compressed_dir(self, key: str) -> Path:
