@@ -245,6 +245,7 @@ class Settings:
     # all 3,000 would cost ~75 minutes for ~12 CoTs
     stage1_questions: int = 600
     stage1_backend: str = "hf"  # "vllm": .venv-vllm's engine when it is built (3x the tokens/s on 2 cores)
+    eval_backend: str = "hf"  # the same choice for the evaluation of the base model and the adapters
     train_batch: int = 4  # per device and global (one process)
     save_steps: int | None = None  # a checkpoint every this many steps; a rerun resumes from the last one
     length_grouping: bool = False  # batches of similar lengths: less padding (trainer's group_by_length)
@@ -256,10 +257,10 @@ SMOKE = Settings(train_questions=12, ref_questions=8, test_questions=4, stage1_t
 # 256 tokens: GSM8K reference CoTs are ~100 tokens and the base model's loops end at the cap
 SCALE = Settings(test_questions=200, stage1_tokens=256, eval_tokens=256, test_set="gsm8k",
                  eval_ratios=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5), heldout_questions=32, stage1_backend="vllm",
-                 train_batch=8, save_steps=20, length_grouping=True)
+                 eval_backend="vllm", train_batch=8, save_steps=20, length_grouping=True)
 SCALE_SMOKE = replace(SCALE, test_questions=3, stage1_tokens=16, eval_tokens=16, latency_probe=2, max_steps=2,
-                      mixed_questions=10, stage1_questions=4, heldout_questions=2, stage1_backend="hf", save_steps=1,
-                      eval_ratios=(1.0, 0.7, 0.5))
+                      mixed_questions=10, stage1_questions=4, heldout_questions=2, stage1_backend="hf",
+                      eval_backend="hf", save_steps=1, eval_ratios=(1.0, 0.7, 0.5))
 PROFILE_SETTINGS = {"small": (FULL, SMOKE), "scale": (SCALE, SCALE_SMOKE)}
 # what a scale variant must show to count as following γ (issue 28)
 SCALE_GOAL = {"max_inversions": 1, "max_ratio_at_0.5": 0.75, "min_ratio_at_0.9": 0.85}
@@ -655,13 +656,25 @@ class Bench:
     def test_file(self) -> Path:
         return self.gsm8k_file("test") if self.settings.test_set == "gsm8k" else SAMPLE_TEST
 
-    def eval_args(self, output_dir: Path) -> list[str]:
+    def engine(self, backend: str, step: str) -> tuple[str, list[str]]:
+        """The interpreter and evaluation.py's backend flags for a step: vLLM from .venv-vllm when asked
+        for and built (said aloud when it is not), else the transformers backend."""
+        use_vllm = backend == "vllm" and VLLM_PYTHON.is_file()
+        if backend == "vllm" and not use_vllm:
+            self.say(f"{step}: {VLLM_PYTHON} is absent (`make setup-vllm`); the transformers backend answers "
+                     "instead (about 3x slower)")
+        if use_vllm:
+            # chunks of 250 prompts reach the disk as they finish (a kill loses at most one)
+            return str(VLLM_PYTHON), ["--backend", "vllm", "--eval_batch_size", "250"]
+        return self.python, ["--backend", "hf", "--eval_batch_size", str(self.settings.eval_batch_size)]
+
+    def eval_args(self, output_dir: Path, step: str, backend_name: str | None = None) -> list[str]:
         s = self.settings
-        return [self.python, "evaluation.py", "--output-dir", str(output_dir), "--model-path", str(MODEL),
+        python, backend = self.engine(backend_name or s.eval_backend, step)
+        return [python, "evaluation.py", "--output-dir", str(output_dir), "--model-path", str(MODEL),
                 "--model-size", MODEL_SIZE, "--model-type", MODEL_TYPE, "--benchmark", "gsm8k",
                 "--data-type", "test", "--data-path", str(self.test_file()),
-                "--max_num_examples", str(s.test_questions),
-                "--max_new_tokens", str(s.eval_tokens), "--eval_batch_size", str(s.eval_batch_size),
+                "--max_num_examples", str(s.test_questions), "--max_new_tokens", str(s.eval_tokens), *backend,
                 "--temperature", "0.0", "--seed", str(SEED), "--latency-probe", str(s.latency_probe)]
 
     # -------------------------------------------------------- stage 1 and the reference data
@@ -707,19 +720,12 @@ class Bench:
         head = folder / "stage1_questions.jsonl"
         self.timed(f"questions-{source.name}", lambda: questions.is_file() and head.is_file(),
                    lambda: self.write_questions(source, questions, head))
-        use_vllm = s.stage1_backend == "vllm" and VLLM_PYTHON.is_file()
-        if s.stage1_backend == "vllm" and not use_vllm:
-            self.say(f"stage1-{source.name}: {VLLM_PYTHON} is absent (`make setup-vllm`); the transformers "
-                     "backend answers instead (about 3x slower)")
-        python = str(VLLM_PYTHON) if use_vllm else self.python
+        step = f"stage1-{source.name}"
+        python, backend = self.engine(s.stage1_backend, step)
         command = [python, "evaluation.py", "--output-dir", str(folder), "--model-path", str(MODEL),
                    "--model-size", MODEL_SIZE, "--model-type", MODEL_TYPE, "--benchmark", "gsm8k",
                    "--data-type", "train", "--data-path", str(head), "--max_new_tokens", str(s.stage1_tokens),
-                   "--temperature", "0", "--seed", str(SEED)]
-        # vLLM: chunks of 250 prompts reach the disk as they finish (a kill loses at most one)
-        command += ["--backend", "vllm", "--eval_batch_size", "250"] if use_vllm else [
-            "--backend", "hf", "--eval_batch_size", str(s.eval_batch_size)]
-        step = f"stage1-{source.name}"
+                   "--temperature", "0", "--seed", str(SEED), *backend]
         self.timed(step, lambda: (samples / layout.METRICS).is_file(), lambda: self.run(step, command))
         mixed = layout.stage1_samples(layout.model_dir(self.out / "data" / f"{source.name}-mixed", MODEL_SIZE))
         self.timed(f"mix-{source.name}", lambda: (mixed / layout.METRICS).is_file(),
@@ -898,7 +904,8 @@ class Bench:
 
         samples = layout.original_samples(layout.model_dir(self.out / "base", MODEL_SIZE), "test")
         self.timed("eval-base", lambda: (samples / layout.METRICS).is_file(),
-                   lambda: self.run("eval-base", [*self.eval_args(self.out / "base"), "--compression_ratio", "1.0"]))
+                   lambda: self.run("eval-base", [*self.eval_args(self.out / "base", "eval-base"),
+                                                  "--compression_ratio", "1.0"]))
         return samples
 
     def variant_dir(self, variant: Variant) -> Path:
@@ -1006,7 +1013,7 @@ class Bench:
                 for r in self.settings.eval_ratios]
         step = f"eval-{variant.name}"
         self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
-                   lambda: self.run(step, [*self.eval_args(root / "runs"), "--use_adapter", "--adapter-path",
+                   lambda: self.run(step, [*self.eval_args(root / "runs", step), "--use_adapter", "--adapter-path",
                                            str(adapter), "--label", variant.name,
                                            "--compression_ratio", *map(str, self.settings.eval_ratios)]))
 
@@ -1021,9 +1028,11 @@ class Bench:
             layout.samples_dir(layout.run_dir(model_dir, method="tokenskip", ratio=r, data_type="test"))
             for r in ratios]
         step = f"eval-{variant.name}"
+        # γ as an added token needs the adapter's own tokenizer, which only the transformers backend loads
+        backend = "hf" if variant.ratio_format == "token" else self.settings.eval_backend
         self.timed(step, lambda: all((run / layout.METRICS).is_file() for run in runs),
-                   lambda: self.run(step, [*self.eval_args(root / "runs"), "--runs", "original", "tokenskip",
-                                           "--adapter-path", str(adapter), "--label", variant.name,
+                   lambda: self.run(step, [*self.eval_args(root / "runs", step, backend), "--runs", "original",
+                                           "tokenskip", "--adapter-path", str(adapter), "--label", variant.name,
                                            "--ratio-format", variant.ratio_format,
                                            "--compression_ratio", *map(str, ratios)]))
         self.run(f"report-{variant.name}", [self.python, "report.py", str(root / "runs")])

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict
 from typing import Sequence
 
-from tokenskip.reporting.tables import ADHERENCE_TARGETS, BASES, Adherence, Table
+from tokenskip.reporting.tables import ADHERENCE_TARGETS, BASES, Adherence, PaperComparison, Table
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -38,7 +38,7 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
             lines += [f"## {table.title}", "", *soft_markdown(table.soft), ""]
         elif table.rows:  # a table of only unfinished runs has none: they are listed below
             lines += [f"## {table.title}", "", *_mixed_adapters(table), *_results(table), "", *_adherence(table),
-                      *_thinking(table), ""]
+                      *_thinking(table), *_paper(table.paper), ""]
     if not any(table.rows for table in tables):
         return "\n".join(lines)
     lines += [*NOTES, ""]
@@ -136,6 +136,36 @@ def _thinking(table: Table) -> list[str]:
     return lines
 
 
+def _difference(mine: float | None, theirs: float | None, pattern: str) -> str:
+    return "–" if mine is None or theirs is None else pattern.format(mine - theirs)
+
+
+def _paper(comparison: PaperComparison | None) -> list[str]:
+    """The rows the paper reports, beside its numbers: a reproduction check."""
+    if comparison is None:
+        return []
+    lines = ["", "### Beside the paper", "",
+             f"{comparison.model} on {comparison.benchmark}, published in [{comparison.source}]({comparison.url}).", "",
+             "| method | target γ | accuracy: paper | yours | Δ | CoT tokens: paper | yours | Δ "
+             "| actual ratio: paper | yours | Δ |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in comparison.rows:
+        lines.append(
+            f"| {row.method} | {row.ratio:g} | {row.paper_accuracy:.1f}% | {row.accuracy:.1f}% | "
+            f"{row.accuracy - row.paper_accuracy:+.1f} | {row.paper_cot_tokens:.1f} | {row.cot_tokens:.1f} | "
+            f"{row.cot_tokens - row.paper_cot_tokens:+.1f} | {_fmt(row.paper_actual_ratio, '{:.2f}')} | "
+            f"{_fmt(row.actual_ratio, '{:.2f}')} | "
+            f"{_difference(row.actual_ratio, row.paper_actual_ratio, '{:+.2f}')} |")
+    differences = comparison.differences()
+    if differences:
+        setting = f"Not the paper's setting: {'; '.join(differences)}, so the differences are not a reproduction check."
+    else:
+        setting = (f"Same number of test questions ({comparison.questions}) and token cap "
+                   f"({comparison.max_new_tokens}) as the paper.")
+    lines += ["", "Actual ratio as the paper computes it: mean CoT tokens over all questions, an adapter's against its "
+              "own γ = 1.0 run, a baseline's against the original run.", "", setting]
+    return lines
+
+
 def as_json(table: Table) -> dict:
     """A table for --format json; the adherence summary and training ratios only where a group has
     some, so that a group of unfinished runs (nothing measured yet) reads as before."""
@@ -143,7 +173,7 @@ def as_json(table: Table) -> dict:
     mixed = table.mixed_adapters()
     if mixed:
         found["mixed_adapters"] = {label: sorted(by) for label, by in mixed.items()}
-    for key in ("adherence", "training_ratios", "soft"):
+    for key in ("adherence", "training_ratios", "soft", "paper"):
         if not found[key]:
             del found[key]
     return found

@@ -24,6 +24,7 @@ from tokenskip.core.layout import (
 )
 from tokenskip.core.ratios import DEFAULT_RATIOS, ratio_tag
 from tokenskip.data.benchmarks import BENCHMARKS, DATASET_DIRS
+from tokenskip.reporting.published import PAPER, PAPER_URL, RATIO_BASIS, PublishedTable, find_table, model_names
 
 BENCHMARK_NAMES = (*BENCHMARKS, *DATASET_DIRS.values())  # as output folders name them
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
@@ -74,6 +75,49 @@ class Row:
     # the adapter's sha256 (metrics.json, since adapters are hashed) and folder; None for base-model runs
     adapter_sha256: str | None = None
     adapter_path: str | None = None
+    method_id: str | None = None  # the layout's method (original, tokenskip, ...), whatever the label
+    max_new_tokens: int | None = None  # the run's token cap, where metrics.json records it
+
+
+@dataclass
+class PaperRow:
+    """One of the user's rows beside the paper's row for the same method and γ."""
+
+    method: str  # the user's label
+    ratio: float
+    paper_accuracy: float
+    accuracy: float
+    paper_cot_tokens: float
+    cot_tokens: float
+    paper_actual_ratio: float | None
+    actual_ratio: float | None  # computed as the paper computes its ActRatio (published.RATIO_BASIS)
+    n_samples: int
+    max_new_tokens: int | None
+
+
+@dataclass
+class PaperComparison:
+    """A group whose model and benchmark the paper reports: its rows beside the published ones."""
+
+    model: str
+    benchmark: str
+    source: str  # the paper and its table
+    url: str
+    questions: int  # the paper's test-set size
+    max_new_tokens: int  # the paper's token cap
+    rows: list[PaperRow]
+
+    def differences(self) -> list[str]:
+        """The settings in which the user's rows differ from the paper's, each said once."""
+        found = []
+        sizes = sorted({row.n_samples for row in self.rows if row.n_samples != self.questions})
+        if sizes:
+            found.append(f"{'/'.join(map(str, sizes))} questions, the paper all {self.questions}")
+        caps = sorted({row.max_new_tokens for row in self.rows
+                       if row.max_new_tokens is not None and row.max_new_tokens != self.max_new_tokens})
+        if caps:
+            found.append(f"at most {'/'.join(map(str, caps))} new tokens, the paper {self.max_new_tokens}")
+        return found
 
 
 @dataclass
@@ -119,6 +163,7 @@ class Table:
     adherence: list[Adherence] = field(default_factory=list)  # one per method but the original
     training_ratios: list[TrainingRatios] = field(default_factory=list)
     soft: dict | None = None  # a soft-compression evaluation's metrics.json (soft_compress.py evaluate)
+    paper: PaperComparison | None = None  # where the TokenSkip paper reports this model and benchmark
 
     def mixed_adapters(self) -> dict[str, dict[str, list[Row]]]:
         """Labels whose γ rows come from more than one adapter: label -> adapter (sha256, else folder) -> rows.
@@ -361,9 +406,33 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     for row in rows:
         if row.method != original_label:
             series.setdefault(row.method, []).append(row)
+    model_path = next((run.metrics["model_path"] for run in runs if run.metrics.get("model_path")), None)
+    published = find_table(model_names(model_path, group), benchmark)
     return Table(title=_title(group, root, benchmark), benchmark=benchmark, rows=rows, original=original_label,
                  adherence=[adherence(method, method_rows) for method, method_rows in series.items()],
-                 training_ratios=training)
+                 training_ratios=training, paper=beside_paper(rows, published) if published else None)
+
+
+def beside_paper(rows: list[Row], published: PublishedTable) -> PaperComparison | None:
+    """The rows the paper has a number for (same method, same γ), each beside it; None when none has."""
+    at_one = {row.method: row.cot_tokens for row in rows if row.method_id != "original" and row.ratio == 1.0}
+    paired = []
+    for row in rows:
+        theirs = published.find(row.method_id, row.ratio) if row.method_id else None
+        if theirs is None:
+            continue
+        ratio = row.actual_ratio  # against the original's mean
+        if RATIO_BASIS.get(row.method_id) == "self":
+            ratio = row.cot_tokens / at_one[row.method] if at_one.get(row.method) else None
+        paired.append(PaperRow(method=row.method, ratio=row.ratio, paper_accuracy=theirs.accuracy,
+                               accuracy=row.accuracy, paper_cot_tokens=theirs.cot_tokens, cot_tokens=row.cot_tokens,
+                               paper_actual_ratio=theirs.actual_ratio, actual_ratio=ratio,
+                               n_samples=row.n_samples, max_new_tokens=row.max_new_tokens))
+    if not paired:
+        return None
+    return PaperComparison(model=published.model, benchmark=published.benchmark,
+                           source=f"{PAPER}, {published.source}", url=PAPER_URL, questions=published.questions,
+                           max_new_tokens=published.max_new_tokens, rows=paired)
 
 
 def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, train_data: dict) -> Row:
@@ -382,6 +451,7 @@ def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, tra
     n_capped = metrics.get("n_capped")
     if n_capped is None and mine:
         n_capped = mine.n_capped
+    decoding = metrics.get("decoding")
     return Row(
         method=run.label, ratio=run.ratio, accuracy=accuracy,
         accuracy_change=accuracy - 100 * original["accuracy"] if original else None,
@@ -407,6 +477,8 @@ def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, tra
         thinking=metrics.get("thinking"),
         adapter_sha256=metrics.get("adapter_sha256"),
         adapter_path=metrics.get("adapter_path"),
+        method_id=run.method,
+        max_new_tokens=decoding.get("max_new_tokens") if isinstance(decoding, dict) else None,
     )
 
 
