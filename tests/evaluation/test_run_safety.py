@@ -350,19 +350,22 @@ def test_latency_probe_times_exactly_n_questions_alone(tiny_lm_dir, tmp_path, mo
     assert again["request_latency"] == latency
 
 
-def test_outputs_that_hit_the_token_cap_are_counted(tiny_lm_dir, tmp_path):
-    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "4"))
+@pytest.mark.parametrize("batching, basis", [("static", "within its batch"),
+                                             ("auto", "queued to last token (continuous batching)")])
+def test_outputs_that_hit_the_token_cap_are_counted(tiny_lm_dir, tmp_path, batching, basis):
+    [metrics] = evaluate.main(cli_args(tiny_lm_dir, tmp_path, "--max_num_examples", "4", "--batching", batching))
     records = read_lines(tmp_path / SAMPLES / "predictions.jsonl")
     # a random model rarely emits a stop token within 8 tokens: those outputs are capped
     assert all(r["capped"] == (r["output_tokens"] == 8) for r in records)
     assert metrics["n_capped"] == sum(r["capped"] for r in records)
     middle = sorted(r["cot_length"] for r in records)[1:3]
     assert metrics["median_cot_length"] == sum(middle) / 2
-    # without a probe, each request's latency is its own finish time within its batch (one batch of 4 here):
-    # an answer that stopped sooner came back sooner, and the capped ones when the batch ended
+    # without a probe, each request's latency is its own finish time from the call's start (one call of 4 here,
+    # all decoding at once): an answer that stopped sooner came back sooner, and the capped ones at the last step
     [entry] = read_lines(tmp_path / SAMPLES / "generation_log.jsonl")
     latency = dict(zip(entry["ids"], entry["latency_s"]))
-    assert metrics["request_latency"]["n"] == 4 and metrics["request_latency"]["basis"] == "within its batch"
+    assert metrics["request_latency"]["n"] == 4 and metrics["request_latency"]["basis"] == basis
+    assert metrics["decoding"]["batching"] == ("static" if batching == "static" else "continuous")
     by_length = sorted(records, key=lambda r: (r["output_tokens"], r["capped"]))
     assert [latency[r["id"]] for r in by_length] == sorted(latency.values())
     assert len({latency[r["id"]] for r in records if r["capped"]}) <= 1

@@ -21,7 +21,8 @@ TIMING_KEYS = {"avg_latency", "total_seconds", "tokens_per_second", "sample_late
 
 
 def common(*extra):
-    # 40 questions in batches of 3: 14 batches, the last one short, so shards get unequal shares
+    # 40 questions, 3 sequence slots: continuous batching takes 12 prompts a call, so 4 calls, the last one
+    # short, and shards get unequal shares
     return ["--max_new_tokens", "12", "--eval_batch_size", "3", *extra]
 
 
@@ -57,14 +58,14 @@ def test_shards_merge_to_exactly_the_unsharded_run(tiny_lm_dir, single, tmp_path
     merged = assert_same_run(tmp_path, single)
     assert metrics["merged_shards"] == merged["merged_shards"] == count
     assert merged["n_samples"] == 40
-    # each shard wrote only its own folder, and holds its share of the 14 batches, in question order
+    # each shard wrote only its own folder, and holds its share of the 4 calls' prompts, in question order
     shares = [read_lines(tmp_path / SAMPLES / f"shards/{i}-of-{count}/predictions.jsonl") for i in range(count)]
     assert sorted(len(share) for share in shares) != [40 // count] * count or count == 2
     assert sum(len(share) for share in shares) == 40
     assert {r["id"] for share in shares for r in share} == {r["id"] for r in read_lines(single / SAMPLES /
                                                                                           "predictions.jsonl")}
-    # the merged generation log holds every shard's batches: 14 in all, as in the unsharded run
-    assert len(read_lines(tmp_path / SAMPLES / "generation_log.jsonl")) == 14
+    # the merged generation log holds every shard's calls: 4 in all, as in the unsharded run
+    assert len(read_lines(tmp_path / SAMPLES / "generation_log.jsonl")) == 4
 
 
 def test_a_killed_shard_reruns_alone_and_resumes(tiny_lm_dir, single, tmp_path, monkeypatch):
@@ -72,12 +73,12 @@ def test_a_killed_shard_reruns_alone_and_resumes(tiny_lm_dir, single, tmp_path, 
     evaluate.main([*args, "--shard-index", "0"])
     evaluate.main([*args, "--shard-index", "1"])
     shard = tmp_path / SAMPLES / "shards/1-of-2"
-    # as a kill after two batches leaves it: their answers and timings on disk, no metrics.json
+    # as a kill after its first call leaves it: those answers and timings on disk, no metrics.json
     log = (shard / "generation_log.jsonl").read_text().splitlines(keepends=True)
-    kept = {i for line in log[:2] for i in json.loads(line)["ids"]}
+    kept = {i for line in log[:1] for i in json.loads(line)["ids"]}
     lines = (shard / "predictions.jsonl").read_text().splitlines(keepends=True)
     (shard / "predictions.jsonl").write_text("".join(line for line in lines if json.loads(line)["id"] in kept))
-    (shard / "generation_log.jsonl").write_text("".join(log[:2]))
+    (shard / "generation_log.jsonl").write_text("".join(log[:1]))
     (shard / "metrics.json").unlink()
     with pytest.raises(UsageError, match=r"shard 1 of 2 is unfinished .*--shard-index 1 \(it resumes\)"):
         evaluate.main([*args, "--merge-shards"])
@@ -92,7 +93,7 @@ def test_a_killed_shard_reruns_alone_and_resumes(tiny_lm_dir, single, tmp_path, 
 
     monkeypatch.setattr(evaluation_run, "create_backend", counting)
     evaluate.main([*args, "--shard-index", "1"])
-    assert len(kept) == 6 and len(generated) == len(lines) - 6  # only the missing answers' batches ran again
+    assert len(kept) == 12 and len(generated) == len(lines) - 12  # only the missing answers' call ran again
     evaluate.main([*args, "--merge-shards"])
     assert_same_run(tmp_path, single)
 

@@ -20,12 +20,29 @@ from transformers import StoppingCriteria
 from transformers.cache_utils import Cache, DynamicLayer
 
 from tokenskip.backends import Completion, DecodingSettings
+from tokenskip.backends.slots import LATENCY_BASIS as SLOTS_LATENCY_BASIS
+from tokenskip.backends.slots import SlotDecoder
 from tokenskip.models.loading import load_causal_lm, stop_token_ids
 
 CPU_ATTENTION = "tokenskip_sdpa_gqa"
 DEFAULT_BATCH_SIZE = 16
 # what Completion.latency_s measures here (metrics.json's request_latency.basis)
 LATENCY_BASIS = "within its batch"
+# continuous batching: each generate call gets this many prompts per slot, so that a slot freed by a
+# short answer has a prompt to take (the evaluation's chunk: what reaches the disk at once)
+PROMPTS_PER_SLOT = 4
+
+
+def continuous(temperature: float, device: str, batching: str = "auto") -> bool:
+    """Whether generation batches continuously (tokenskip/backends/slots.py): greedy decoding on a CPU,
+    where it is measured (bench/bench_generation.py), unless `batching` is "static". Sampling keeps the
+    static batch, whose seeded draws it reproduces; a GPU keeps transformers' own generate."""
+    return batching == "auto" and temperature == 0 and torch.device(device).type == "cpu"
+
+
+def prompts_per_call(batch_size: int, temperature: float, device: str, batching: str = "auto") -> int:
+    """The evaluation's chunk for this backend: `batch_size` sequences decode together."""
+    return batch_size * PROMPTS_PER_SLOT if continuous(temperature, device, batching) else batch_size
 
 
 def grouped_query_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -74,15 +91,17 @@ def register_cpu_attention() -> None:
 
 class HFBackend:
     name = "hf"
-    latency_basis = LATENCY_BASIS
 
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, batch_size: int,
-                 device: str, dtype, adapter_path: str | None = None):
+                 device: str, dtype, adapter_path: str | None = None, batching: str = "auto"):
         from transformers import GenerationConfig
 
         self.tokenizer = tokenizer
         self.settings = settings
-        self.chunk_size = batch_size
+        self.slots = batch_size
+        self.continuous = continuous(settings.temperature, device, batching)
+        self.chunk_size = prompts_per_call(batch_size, settings.temperature, device, batching)
+        self.latency_basis = SLOTS_LATENCY_BASIS if self.continuous else LATENCY_BASIS
         self.device = device
         on_cpu = torch.device(device).type == "cpu"
         if on_cpu:
@@ -107,6 +126,11 @@ class HFBackend:
         self.on_cpu = on_cpu
         self.dtype = str(dtype).removeprefix("torch.")
         self.model.generation_config = self.generation_config
+        layers = self.model.config.get_text_config().num_hidden_layers
+        self.decoder = SlotDecoder(
+            self.model, slots=batch_size, stop_ids=self.stop_ids, pad_id=tokenizer.pad_token_id, device=device,
+            prefill_cache=lambda rows, width: Cache(layers=[PreallocatedLayer(width) for _ in range(layers)]),
+        ) if self.continuous else None
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -117,6 +141,10 @@ class HFBackend:
         # one generator for the whole batch (transformers draws all rows from it): seeded per call, so a
         # batch planned the same way draws the same tokens; `ids` are not needed for that
         budget = max_new_tokens or self.settings.max_new_tokens
+        if self.decoder is not None:
+            prompt_ids = [self.tokenizer(prompt, add_special_tokens=False).input_ids for prompt in prompts]
+            return [self._completion(request.tokens, request.finished_at)
+                    for request in self.decoder.generate(prompt_ids, budget)]
         if self.settings.temperature > 0:
             torch.manual_seed(self.settings.seed)
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)

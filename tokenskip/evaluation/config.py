@@ -64,6 +64,7 @@ class EvalConfig:
     answer_field: str | None = None
     enforce_eager: bool = False
     gpu_memory_utilization: float | None = None  # vLLM: None leaves vLLM's default (0.9)
+    batching: str = "auto"  # the transformers backend: "static" turns continuous batching off
     ratio_format: str = "eot"  # how γ is written into the prompt (prompts.RATIO_FORMATS)
     server_url: str | None = None
     served_model: str | None = None
@@ -283,11 +284,16 @@ def run_method(settings: RunSettings) -> str:
 
 
 def chunk_size(config: EvalConfig, backend_name: str) -> int:
-    """Prompts per generate call: --eval_batch_size, else the backend's default."""
-    from tokenskip.backends.hf import DEFAULT_BATCH_SIZE
+    """Prompts per generate call: --eval_batch_size, else the backend's default; the transformers backend's
+    continuous batching takes several prompts per sequence slot (--eval_batch_size slots)."""
+    from tokenskip.backends.hf import DEFAULT_BATCH_SIZE, prompts_per_call
     from tokenskip.backends.ray_data import CHUNK_SIZE as RAY_CHUNK_SIZE
     from tokenskip.backends.server import CHUNK_SIZE as SERVER_CHUNK_SIZE
     from tokenskip.backends.vllm import CHUNK_SIZE
+    from tokenskip.models.loading import resolve_device
 
+    if backend_name == "hf":
+        return prompts_per_call(config.eval_batch_size or DEFAULT_BATCH_SIZE, config.temperature,
+                                resolve_device(config.device), config.batching)
     defaults = {"vllm": CHUNK_SIZE, "server": SERVER_CHUNK_SIZE, "ray": RAY_CHUNK_SIZE}
-    return config.eval_batch_size or defaults.get(backend_name, DEFAULT_BATCH_SIZE)
+    return config.eval_batch_size or defaults[backend_name]

@@ -496,6 +496,17 @@ def engine_record(backend: Backend, recorded: dict, run_file: Path) -> dict:
     return entry
 
 
+def batching_of(config: EvalConfig, backend_name: str) -> str:
+    """How the run's prompts were batched: the engine's own scheduler (vLLM, servers), else the transformers
+    backend's continuous or static batches."""
+    if backend_name != "hf":
+        return "engine"
+    from tokenskip.backends.hf import continuous
+    from tokenskip.models.loading import resolve_device
+
+    return "continuous" if continuous(config.temperature, resolve_device(config.device), config.batching) else "static"
+
+
 def run_description(settings: RunSettings, config: EvalConfig, backend_name: str, family: str) -> dict:
     return {
         "method": run_method(settings),
@@ -514,6 +525,7 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "backend": backend_name,
         "decoding": {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                      "top_p": settings.top_p, "seed": settings.seed,
-                     "eval_batch_size": chunk_size(config, backend_name), "n_samples": settings.n_samples},
+                     "eval_batch_size": chunk_size(config, backend_name), "n_samples": settings.n_samples,
+                     "batching": batching_of(config, backend_name)},
         "latency_probe": config.latency_probe,
     }

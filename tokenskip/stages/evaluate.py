@@ -113,9 +113,13 @@ def build_parser() -> StageParser:
     add("--max_new_tokens", type=int, default=512,
         help="generation budget; MATH adapter runs use round(max_new_tokens * γ), as the original")
     add("--eval_batch_size", type=int, default=None,
-        help="prompts handed to the backend at once: the transformers backend's batch size (default 16); on vLLM, "
-             "how many go to its scheduler at a time (default 512): each finished chunk reaches the disk, so a "
-             "smaller one loses less to a kill")
+        help="the transformers backend: sequences decoded together (default 16); greedy on a CPU it batches "
+             "continuously and takes 4 prompts per sequence per call. vLLM: prompts handed to its scheduler at a "
+             "time (default 512). Each finished call reaches the disk, so a smaller one loses less to a kill")
+    add("--batching", choices=("auto", "static"), default="auto",
+        help="the transformers backend: auto batches continuously where it applies (greedy decoding on a CPU: a "
+             "finished answer's slot takes the next prompt at once); static pads fixed batches, as transformers' "
+             "generate does")
     add("--temperature", type=float, default=0.0, help="0 means greedy decoding")
     add("--top_p", type=float, default=1.0, help="nucleus sampling, with --temperature > 0")
     add("--n_samples", type=int, default=1, metavar="K",
