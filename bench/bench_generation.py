@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -32,6 +34,71 @@ from tokenskip.models import embedded  # noqa: E402
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
 DEMO_ADAPTER = ROOT / "outputs" / "demo" / "adapter"
+
+
+class AllSequencesHitStop:
+    """The original's stopping criterion: decode windows of each sequence's tail, every step."""
+
+    def __init__(self, stop_ids: list[int], tokenizer, prompt_length: int):
+        self.stop_ids, self.tokenizer, self.prompt_length = stop_ids, tokenizer, prompt_length
+        self.stop_text = tokenizer.decode(stop_ids)
+
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        stopped = []
+        for row in input_ids:
+            ids = row[self.prompt_length:].tolist()
+            found = any(self.tokenizer.decode(ids[max(j - len(self.stop_ids) - 3, 0):j]).endswith(self.stop_text)
+                        for j in range(len(ids), 0, -1))
+            stopped.append(found)
+        return all(stopped)
+
+
+@torch.inference_mode()
+def original_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int,
+                  decode_every_step: bool = True) -> list[str]:
+    """`decode_every_step=False` leaves the original's stopping criterion out: plain `generate`."""
+    from transformers import StoppingCriteriaList
+
+    eos = tokenizer.eos_token_id
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start:start + batch_size], padding="longest", return_tensors="pt",
+                          add_special_tokens=False)
+        criteria = [AllSequencesHitStop([eos], tokenizer, batch.input_ids.shape[1])] if decode_every_step else []
+        output = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                max_new_tokens=max_new_tokens, do_sample=False, top_p=1.0,
+                                stopping_criteria=StoppingCriteriaList(criteria), pad_token_id=eos, use_cache=True)
+        for row in range(output.shape[0]):  # blank everything from the first stop token on
+            for position in range(batch.input_ids.shape[1], output.shape[1]):
+                if output[row, position] == eos:
+                    output[row, position:] = tokenizer.pad_token_id
+                    break
+        decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
+        decoded_prompts = tokenizer.batch_decode(batch.input_ids, skip_special_tokens=True)
+        texts += [full[len(prompt):] for prompt, full in zip(decoded_prompts, decoded)]
+    return texts
+
+
+def original_row(model: Path, data: Path, args) -> dict:
+    """The original TokenSkip evaluation.py's HF loop on the same prompts (in this process), as a second baseline."""
+    from transformers import AutoModelForCausalLM
+
+    from tokenskip.data import benchmarks as datasets
+    from tokenskip.models.loading import load_tokenizer
+    from tokenskip.prompting.prompts import build_prompt
+
+    tokenizer = load_tokenizer(str(model))
+    # the questions evaluation.py's --max_num_examples takes, with its seed
+    examples = datasets.subsample(datasets.load_examples("gsm8k", "test", str(data)), args.questions, 42)
+    prompts = [build_prompt(example.question, model_type="qwen") for example in examples]
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    start = time.perf_counter()
+    texts = original_loop(loaded, tokenizer, prompts, args.static_batch, args.tokens)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts)
+    return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "wall_s": round(seconds, 1), "startup_s": 0.0, "outputs": {e.id: t for e, t in zip(examples, texts)},
+            "mean_cot_tokens": float("nan"), "batching": "original loop"}
 
 
 def evaluate(python: str, out: Path, model: Path, data: Path, args, *extra: str) -> dict:
@@ -68,6 +135,8 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=DEMO_ADAPTER if DEMO_ADAPTER.is_dir() else None)
     parser.add_argument("--ratio", default="0.5", help="the adapter rows' γ")
     parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--original", action="store_true",
+                        help="add the original TokenSkip evaluation.py's HF loop (static batches, its stop criterion)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     data = GSM8K_TEST if GSM8K_TEST.is_file() else ROOT / "datasets" / "sample" / "test.jsonl"
@@ -89,6 +158,9 @@ def main() -> None:
         found = evaluate(python, work / name, model, data, args, "--backend", "hf", "--eval_batch_size", str(size),
                          "--batching", "static" if batching == "static" else "auto", *extra)
         rows.append({"model": model_kind, "engine": f"transformers, {batching} ({size})", **found})
+    if args.original:
+        print("original loop ...", flush=True)
+        rows.append({"model": "base", "engine": "original TokenSkip HF loop", **original_row(model, data, args)})
     if not args.no_vllm and VLLM_PYTHON.is_file():
         print("vllm ...", flush=True)
         found = evaluate(str(VLLM_PYTHON), work / "vllm", model, data, args, "--backend", "vllm")
