@@ -296,4 +296,4 @@ def chunk_size(config: EvalConfig, backend_name: str) -> int:
         return prompts_per_call(config.eval_batch_size or DEFAULT_BATCH_SIZE, config.temperature,
                                 resolve_device(config.device), config.batching)
     defaults = {"vllm": CHUNK_SIZE, "server": SERVER_CHUNK_SIZE, "ray": RAY_CHUNK_SIZE}
-    return config.eval_batch_size or defaults[backend_name]
+    return config.eval_batch_size or defaults.get(backend_name, DEFAULT_BATCH_SIZE)
