@@ -21,3 +21,19 @@ def save_tiny_llama(folder: Path, tokenizer, *, max_positions: int = 2048, seed:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def greedy_alone(model, prompt_ids: list[int], steps: int, stops) -> list[int]:
+    """Greedy tokens of one prompt with no batch around it: a full forward over the whole text per token, up to and
+    including the first of `stops`. The reference that batched decoding must reproduce."""
+    import torch
+
+    ids, new = torch.tensor([prompt_ids]), []
+    with torch.inference_mode():
+        for _ in range(steps):
+            token = int(model(ids).logits[0, -1].argmax())
+            new.append(token)
+            if token in stops:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return new

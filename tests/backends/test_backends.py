@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from testkit.tiny_models import greedy_alone
 from tokenskip.backends import DecodingSettings
 from tokenskip.backends.hf import HFBackend
 from tokenskip.backends.vllm import lora_rank_limit
@@ -31,18 +32,9 @@ def penalized_model_dir(tiny_lm_dir, tmp_path):
     return folder
 
 
-@torch.inference_mode()
 def argmax_decode(model, tokenizer, prompt: str, steps: int) -> list[int]:
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    stops = set(stop_token_ids(tokenizer))
-    new = []
-    for _ in range(steps):
-        token = int(model(ids).logits[0, -1].argmax())
-        new.append(token)
-        if token in stops:
-            break
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-    return new
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    return greedy_alone(model, ids, steps, set(stop_token_ids(tokenizer)))
 
 
 def test_hf_backend_is_plain_greedy_whatever_the_model_config_says(penalized_model_dir):

@@ -7,25 +7,13 @@ import pytest
 import torch
 from transformers.cache_utils import Cache
 
+from testkit.tiny_models import greedy_alone
 from tokenskip.backends import DecodingSettings
 from tokenskip.backends.hf import HFBackend, PreallocatedLayer, prompts_per_call
 from tokenskip.backends.slots import LATENCY_BASIS, SlotDecoder
 from tokenskip.models.loading import load_tokenizer
 
 PROMPTS = [f"<|im_start|>user\nQuestion {i}{' and more words' * (i % 4)}?<|im_end|>\n" for i in range(9)]
-
-
-@torch.inference_mode()
-def alone(model, prompt: list[int], steps: int, stops: set[int]) -> list[int]:
-    """Greedy tokens of one prompt with no batch around it: a full forward over the whole text per token."""
-    ids, new = torch.tensor([prompt]), []
-    for _ in range(steps):
-        token = int(model(ids).logits[0, -1].argmax())
-        new.append(token)
-        if token in stops:
-            break
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-    return new
 
 
 def decoder_for(backend: HFBackend, slots: int, stops: list[int]) -> SlotDecoder:
@@ -60,9 +48,9 @@ def test_each_request_gets_its_tokens_alone(backend, slots):
     queue is empty all happen, and no request's tokens change."""
     budget = 12
     prompts = [backend.tokenizer(prompt, add_special_tokens=False).input_ids for prompt in PROMPTS]
-    free_running = [alone(backend.model, prompt, budget, set()) for prompt in prompts]
+    free_running = [greedy_alone(backend.model, prompt, budget, set()) for prompt in prompts]
     stops = {free_running[1][0], free_running[2][2]}
-    expected = [alone(backend.model, prompt, budget, stops) for prompt in prompts]
+    expected = [greedy_alone(backend.model, prompt, budget, stops) for prompt in prompts]
     lengths = {len(tokens) for tokens in expected}
     assert 1 in lengths and budget in lengths and len(lengths) >= 3  # the uneven answers this test is about
     requests = decoder_for(backend, slots, sorted(stops)).generate(prompts, budget)
