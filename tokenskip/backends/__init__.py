@@ -32,6 +32,9 @@ class Completion:
     n_tokens: int  # tokens generated, the stop token included
     capped: bool = False  # generation stopped at the token budget, not at a stop token
     latency_s: float | None = None  # this request's own time from arrival to finish, when the backend reports it
+    # budget forcing (tokenskip/evaluation/baselines.py): the text appended to the cut output before its answer was
+    # generated ("" when only a cut answer was continued); None: generated in one go
+    forced: str | None = None
 
 
 class Backend(Protocol):

@@ -6,6 +6,8 @@ The original TokenSkip layout, kept so that existing trees and scripts keep work
     {output-dir}/{model-size}/Original/{split}/ratio_{γ}/samples/   the base model with a γ tag
     {output-dir}/{model-size}/TokenSkip/{γ}/samples/                the adapter at γ (stage 5; .../train/ on train)
     {output-dir}/{model-size}/{Truncation|PromptReduction}/{γ}/samples/   the paper's baselines
+    {output-dir}/{model-size}/{BudgetForcing|BudgetPrompt}/{γ}/samples/    budget baselines (γ x the base CoT)
+    {output-dir}/{model-size}/{ChainOfDraft|NoThinking}/samples/          baselines that take no γ
     {output-dir}/{model-size}/{Compression|NER_Enhanced_Compression|CTS_Compression}/
                                                                      stage 2's ratio files, per method
 
@@ -28,7 +30,11 @@ from tokenskip.core.ratios import ratio_tag
 DEFAULT_OUTPUT_DIR = "outputs/Qwen2.5-7B-Instruct/{benchmark}/"
 # run folder for each evaluation method (report.py reads them back)
 RUN_FOLDERS = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "Truncation",
-               "prompt": "PromptReduction"}
+               "prompt": "PromptReduction", "budget": "BudgetForcing", "budget-prompt": "BudgetPrompt",
+               "cod": "ChainOfDraft", "nothinking": "NoThinking"}
+# methods with a folder per γ ({folder}/{γ}/samples/); the methods that take no γ have one ({folder}/samples/)
+RATIO_METHODS = ("tokenskip", "truncation", "prompt", "budget", "budget-prompt")
+RATIO_FREE_METHODS = ("cod", "nothinking")
 METHOD_OF_FOLDER = {folder: method for method, folder in RUN_FOLDERS.items()}
 # stage 2's output folder per compression method (next to Original/)
 COMPRESSION_FOLDERS = {"llmlingua2": "Compression", "ner": "NER_Enhanced_Compression", "cts": "CTS_Compression",
@@ -75,8 +81,11 @@ def default_model_dir(benchmark: str, model_size: str) -> Path:
 def run_dir(model_folder: Path, *, method: str, ratio: float, data_type: str) -> Path:
     """A run's folder (its files are in `samples/` below it). `method` is a RUN_FOLDERS key, or
     "ratio-tag" for the base model with a γ tag; train-split adapter runs get their own folder."""
-    if method in ("tokenskip", "truncation", "prompt"):
+    if method in RATIO_METHODS:
         folder = model_folder / RUN_FOLDERS[method] / ratio_tag(ratio)
+        return folder / "train" if data_type == "train" else folder
+    if method in RATIO_FREE_METHODS:
+        folder = model_folder / RUN_FOLDERS[method]
         return folder / "train" if data_type == "train" else folder
     folder = model_folder / RUN_FOLDERS["original"] / data_type
     return folder if ratio == 1.0 else folder / f"ratio_{ratio_tag(ratio)}"
@@ -164,6 +173,9 @@ def place(metrics_path: Path) -> Place | None:
         tagged = next((part for part in rest if part.startswith("ratio_")), None)
         ratio = _float(tagged.removeprefix("ratio_")) if tagged else 1.0
         return Place(group, "ratio-tag" if tagged else "original", ratio if ratio is not None else 1.0, data_type)
+    if method in RATIO_FREE_METHODS:
+        split = "train" if rest[:1] == ("train",) else ("test" if rest[:1] == (SAMPLES,) else None)
+        return Place(group, method, 1.0, split)
     ratio = _float(rest[0]) if rest else None
     if ratio is None:
         return None
@@ -188,10 +200,17 @@ def outputs_readme() -> str:
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['tokenskip']}/<γ>/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['tokenskip']}/<γ>/train/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['truncation']}/<γ>/{SAMPLES}/",
-            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['prompt']}/<γ>/{SAMPLES}/"]
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['prompt']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['budget']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['budget-prompt']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['cod']}/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['nothinking']}/{SAMPLES}/"]
     notes = ["the base model, γ = 1 (stage 1 on train, stage 5 on test)", "the base model with the γ tag in the prompt",
              "with a LoRA adapter at γ, test split", "with a LoRA adapter at γ, train split",
-             "baseline: the output cut at γ x the base model's CoT length", "baseline: the prompt asks for fewer words"]
+             "baseline: the output cut at γ x the base model's CoT length", "baseline: the prompt asks for fewer words",
+             "baseline: budget forcing, the CoT ended at that budget and the answer forced",
+             "baseline: the prompt states that budget in tokens", "baseline: Chain-of-Draft's prompt",
+             "baseline: reasoning models, the thinking block prefilled as finished"]
     width = max(map(len, runs)) + 2
     compression = [f"outputs/<model>/<benchmark>/<size>/{folder}/" for folder in COMPRESSION_FOLDERS.values()]
     cwidth = max(map(len, compression)) + 2

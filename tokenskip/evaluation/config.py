@@ -12,8 +12,9 @@ from tokenskip.core.jsonio import read_json
 from tokenskip.core.layout import METRICS
 from tokenskip.core.ratios import check_ratio
 from tokenskip.core.shards import ShardPlan, shard_plan
+from tokenskip.evaluation import baselines
 
-BASELINES = ("truncation", "prompt")
+BASELINES = baselines.NAMES
 # the adapter of a served model is named, not a folder: a run's adapter_path is then this + its name
 SERVED_ADAPTER = "served:"
 # what one call may run with --runs, in the order it runs them: the original first (truncation scales
@@ -104,9 +105,14 @@ class EvalConfig:
         if args.max_num_examples is not None and args.max_num_examples <= 0:
             raise UsageError(f"--max_num_examples must be positive (leave it out for the whole dataset), "
                              f"got {args.max_num_examples}")
-        if args.baseline and (args.use_adapter or max(args.compression_ratio) >= 1.0):
+        if args.baseline and args.use_adapter:
+            raise UsageError(f"--baseline {args.baseline} runs the base model: drop --use_adapter")
+        if args.baseline and baselines.TABLE[args.baseline].takes_ratio and max(args.compression_ratio) >= 1.0:
             raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
-                             "drop --use_adapter and pass --compression_ratio values < 1")
+                             "pass --compression_ratio values < 1")
+        if args.baseline and not baselines.TABLE[args.baseline].takes_ratio and args.compression_ratio != [1.0]:
+            raise UsageError(f"--baseline {args.baseline} takes no γ (it runs once, in its own folder): drop "
+                             "--compression_ratio")
         if not 0.0 < args.top_p <= 1.0:
             raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
         if args.n_samples < 1:
@@ -159,8 +165,8 @@ class EvalConfig:
         """--runs and --baseline-ratios, checked: the methods in running order, the baselines' ratios."""
         if args.runs is None:
             if args.baseline_ratios:
-                raise UsageError("--baseline-ratios goes with --runs truncation/prompt; alone, use --baseline "
-                                 "with --compression_ratio")
+                raise UsageError("--baseline-ratios goes with --runs and a baseline that takes γ (truncation, prompt, "
+                                 "budget, budget-prompt); alone, use --baseline with --compression_ratio")
             return None, ()
         if args.baseline:
             raise UsageError(f"--baseline {args.baseline} and --runs do not mix: add {args.baseline} to --runs")
@@ -170,9 +176,9 @@ class EvalConfig:
         if args.use_adapter and "tokenskip" not in runs:
             raise UsageError("--use_adapter with --runs: add tokenskip to --runs for the adapter's runs")
         ratios = tuple(dict.fromkeys(args.baseline_ratios or [r for r in args.compression_ratio if r < 1.0]))
-        baselines = [method for method in runs if method in BASELINES]
-        if baselines and (not ratios or max(ratios) >= 1.0):
-            raise UsageError(f"--runs {' '.join(baselines)}: the baselines run at ratios below 1; give them with "
+        with_ratio = [method for method in runs if method in BASELINES and baselines.TABLE[method].takes_ratio]
+        if with_ratio and (not ratios or max(ratios) >= 1.0):
+            raise UsageError(f"--runs {' '.join(with_ratio)}: these baselines run at ratios below 1; give them with "
                              "--baseline-ratios (or --compression_ratio values < 1)")
         return runs, ratios
 
@@ -188,8 +194,10 @@ class EvalConfig:
             elif method == "tokenskip":
                 planned += [replace(base, adapter_path=self.adapter_path, label=self.label).at(ratio)
                             for ratio in self.ratios]
-            else:
+            elif baselines.TABLE[method].takes_ratio:
                 planned += [replace(base, baseline=method).at(ratio) for ratio in self.baseline_ratios]
+            else:  # Chain-of-Draft, NoThinking: once, without γ
+                planned.append(replace(base, baseline=method).at(1.0))
         return planned
 
     @property
@@ -233,6 +241,8 @@ class RunSettings:
     answer_field: str
     adapter_sha256: str | None = None  # the adapter's files (models/loading.adapter_sha256); None: no adapter
     ratio_format: str = "eot"  # prompts.RATIO_FORMATS: the tag's spelling changes every tagged prompt
+    budget: int | None = None  # a budgeted baseline's token budget (baselines.py); None: none
+    answer_tokens: int | None = None  # budget forcing: the forced answer's most tokens
 
 
 RATIO_TOKEN_BACKEND = ("--ratio-format token: the adapter trains the embeddings of the added tokens, which "
@@ -242,7 +252,7 @@ RATIO_TOKEN_BACKEND = ("--ratio-format token: the adapter trains the embeddings 
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
 LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
                    "question_field": "", "answer_field": "", "adapter_sha256": None,
-                   "ratio_format": "eot"}
+                   "ratio_format": "eot", "budget": None, "answer_tokens": None}
 
 
 def run_dir(config: EvalConfig) -> Path:
@@ -252,17 +262,26 @@ def run_dir(config: EvalConfig) -> Path:
 
 
 def original_run_metrics(config: EvalConfig) -> dict:
-    """The base model's run on the same split, whose mean CoT length the truncation budget scales."""
+    """The base model's run on the same split, whose mean CoT length a budgeted baseline's budget scales."""
     path = layout.original_samples(layout.model_dir(config.output_dir, config.model_size), config.data_type) / METRICS
     if not path.exists():
-        raise UsageError(f"--baseline truncation needs the base model's run first ({path} is missing): "
-                         "run evaluation.py with the same --output-dir and --model-size, without --baseline")
+        raise UsageError(f"--baseline {config.baseline} needs the base model's run first ({path} is missing): "
+                         "run evaluation.py with the same --output-dir and --model-size, without --baseline (or add "
+                         "original to --runs)")
     return read_json(path)
 
 
+def baseline_budget(config: EvalConfig) -> int | None:
+    """A budgeted baseline's token budget at its γ: round(γ x the base model's mean CoT tokens), at least 1."""
+    if not config.baseline or not baselines.TABLE[config.baseline].budgeted:
+        return None
+    return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
+
+
 def effective_max_new_tokens(config: EvalConfig) -> int:
-    if config.baseline == "truncation":
-        return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
+    """The run's generation budget: truncation's and budget forcing's (its first phase) is the baseline's budget."""
+    if config.baseline in ("truncation", "budget"):
+        return baseline_budget(config)
     # The original scaled MATH's budget by γ for adapter runs; kept, but as an integer.
     if config.benchmark == "math" and config.adapter_path:
         return max(1, int(round(config.max_new_tokens * config.ratio)))

@@ -18,10 +18,12 @@ from tokenskip.core.locking import FolderLock
 from tokenskip.core.shards import Shard
 from tokenskip.data import benchmarks as data
 from tokenskip.data.records import Stage1Prediction
+from tokenskip.evaluation import baselines
 from tokenskip.evaluation.config import (
     LEGACY_SETTINGS,
     EvalConfig,
     RunSettings,
+    baseline_budget,
     chunk_size,
     effective_max_new_tokens,
     run_dir,
@@ -142,8 +144,9 @@ class Job:
         return [example for example in self.examples if example.id in mine], batches
 
 
-def plan_job(config: EvalConfig, examples: list[data.Example], shared: SharedModel, max_new_tokens: int) -> Job:
-    prompt_of = build_prompts(config, examples, shared.tokenizer)
+def plan_job(config: EvalConfig, examples: list[data.Example], shared: SharedModel, max_new_tokens: int,
+             budget: int | None = None) -> Job:
+    prompt_of = build_prompts(config, examples, shared.tokenizer, budget)
     examples, skipped = fit_context(examples, prompt_of, shared.tokenizer, shared.context_length,
                                     max_new_tokens, config.overlong)
     examples = expand_samples(examples, config.n_samples, prompt_of)
@@ -156,7 +159,7 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
                      shard: Shard | None) -> dict:
     settings = run_settings(config, shared)
     claim_run_folder(samples_dir, settings)
-    job = plan_job(config, examples, shared, settings.max_new_tokens)
+    job = plan_job(config, examples, shared, settings.max_new_tokens, settings.budget)
     if shard:
         claim_shard(samples_dir, shard, job)
     examples, batches = job.share(shard)
@@ -171,7 +174,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
     print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions"
           + (f", {shard} of {len(job.examples)}" if shard else "") + ")"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
-          + (f", {config.baseline} baseline at γ={config.ratio}" if config.baseline else ""))
+          + (f", {config.baseline} baseline" + (f" at γ={config.ratio}" if baselines.TABLE[config.baseline].takes_ratio
+                                                 else "") if config.baseline else ""))
 
     with AppendLog(samples_dir / PREDICTIONS) as log, AppendLog(samples_dir / GENERATION_LOG) as timing:
         done = {record["id"] for record in log.records}
@@ -195,7 +199,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
             else []
         probed = {i for entry in timing.records if entry.get("probe") for i in entry["ids"]}
         if not set(to_probe) <= probed:
-            probe_latency(to_probe, prompt_of, shared.backend_for(config), settings.max_new_tokens, timing)
+            probe_latency(to_probe, prompt_of, shared.backend_for(config), settings.max_new_tokens, timing,
+                          config.baseline)
         records, timings = log.records, timing.records
 
     by_id = {record["id"]: record for record in records}
@@ -250,21 +255,24 @@ def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
         answer_field=config.answer_field or "",
         adapter_sha256=shared.adapter_sha256 if config.adapter_path else None,
         ratio_format=config.ratio_format,
+        budget=baseline_budget(config),
+        answer_tokens=baselines.FORCED_ANSWER_TOKENS if config.baseline == "budget" else None,
     )
 
 
-def build_prompts(config: EvalConfig, examples: list[data.Example], tokenizer) -> dict[str, str]:
+def build_prompts(config: EvalConfig, examples: list[data.Example], tokenizer,
+                  budget: int | None = None) -> dict[str, str]:
     """Each question's prompt, by id: γ in it for the adapter, none for the baselines (the base model
-    knows no ratio tag), the reduction request for the prompt baseline."""
+    knows no ratio tag), a baseline's request after the question or its prefill (baselines.py)."""
     tagged_ratio = 1.0 if config.baseline else config.ratio
-    request = prompts.reduction_request(config.ratio) if config.baseline == "prompt" else ""
+    request = baselines.prompt_request(config.baseline, config.ratio, budget)
     switch = {"auto": None, "on": True, "off": False}[config.thinking]
     return {
-        example.id: prompts.build_prompt(
+        example.id: baselines.prefilled(config.baseline, prompts.build_prompt(
             example.question, model_type=config.model_type, ratio=tagged_ratio,
             bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "", request=request,
             tokenizer=tokenizer, system=config.system, thinking=switch, ratio_format=config.ratio_format,
-        )
+        ))
         for example in examples
     }
 
@@ -395,14 +403,14 @@ def plan_batches(examples: list[data.Example], prompt_of: dict[str, str], count_
 
 
 def probe_latency(ids: list[str], prompt_of: dict[str, str], backend: Backend, max_new_tokens: int,
-                  timing: AppendLog) -> None:
+                  timing: AppendLog, baseline: str | None = None) -> None:
     """Time each question alone (batch size 1, after one short untimed warm-up), as one user's
     request would run. The timings go to the timing log (`"probe": true` entries), never into
     predictions.jsonl, which stays byte-identical between runs; the answers already graded stay."""
     backend.generate([prompt_of[ids[0]]], min(8, max_new_tokens), ids=[ids[0]])  # warm-up: allocations, kernels
     for example_id in tqdm(ids, desc="latency probe", unit="q", dynamic_ncols=True):
         start = time.perf_counter()
-        [completion] = backend.generate([prompt_of[example_id]], max_new_tokens, ids=[example_id])
+        [completion] = baselines.generate(backend, [prompt_of[example_id]], max_new_tokens, [example_id], baseline)
         timing.append({"probe": True, "ids": [example_id], "latency_s": [time.perf_counter() - start],
                        "tokens": completion.n_tokens})
 
@@ -416,8 +424,8 @@ def generate_pending(planned: list[list[data.Example]], total: int, prompt_of, b
     seconds = tokens = 0.0
     for batch in batches:
         start = time.perf_counter()
-        completions = backend.generate([prompt_of[example.id] for example in batch], max_new_tokens,
-                                       ids=[example.id for example in batch])
+        completions = baselines.generate(backend, [prompt_of[example.id] for example in batch], max_new_tokens,
+                                         [example.id for example in batch], config.baseline)
         elapsed = time.perf_counter() - start
         new = [(example, completion) for example, completion in zip(batch, completions) if example.id not in done]
         grades = grade_outputs(grader, [(GradeRequest(question=example.question, model_output=completion.text,
@@ -480,6 +488,8 @@ def prediction_record(example: data.Example, prompt: str, completion, grade, bac
         record["cot_length"] = backend.count_tokens(split.thinking)
         record.update(thinking=split.thinking, answer_section=split.answer, thinking_tokens=record["cot_length"],
                       answer_tokens=backend.count_tokens(split.answer), thinking_finished=split.finished)
+    if completion.forced is not None:  # budget forcing cut this output: the text it appended, not generated
+        record["forced"] = completion.forced
     record.update({key: value for key, value in example.extra.items() if value is not None})
     return record
 

@@ -19,6 +19,9 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 QWEN_SYSTEM = "You are a helpful assistant."
 # What the model writes after its reasoning; the CoT is everything before it.
 ANSWER_MARKER = "\n\nThe final answer is:"
+# The marker and the opening of the boxed answer TokenSkip's training targets end with: text that, appended to a
+# CoT, makes the model write its answer at once (soft compression's answer cue, budget forcing's forced end)
+BOXED_CUE = ANSWER_MARKER + " $\\boxed{"
 # How γ is written into the prompt. eot (the default): TokenSkip's `<|eot_id|>γ<|eot_id|>`, which the released
 # adapters learned; the tokenizer reads γ as plain digits. token: one added vocabulary token per γ,
 # `<COMP_50>` (Extra-CoT's control tokens, arXiv 2602.08324), which training must add to the tokenizer
@@ -44,6 +47,27 @@ REDUCTION_REQUEST = "Please reduce {percent}% of the words in your reasoning."
 
 def reduction_request(ratio: float) -> str:
     return REDUCTION_REQUEST.format(percent=round((1.0 - ratio) * 100))
+
+
+# The training-free baselines beyond the paper's two (evaluation.py --baseline; tokenskip/evaluation/baselines.py).
+# Chain-of-Draft (Xu et al., arXiv 2502.18600), its system prompt's drafting sentence, verbatim. Its second
+# sentence ("Return the answer at the end of the response after a separator ####.") is left out: the answer
+# format stays INSTRUCTION's \boxed{}, which every method here is graded on alike.
+DRAFT_REQUEST = "Think step by step, but only keep a minimum draft for each thinking step, with 5 words at most."
+# TALE-EP's token-budget prompt (Han et al., arXiv 2412.18547, its Table 1), after the question as in its code;
+# the budget is γ x the base model's mean CoT tokens, as the truncation baseline's.
+BUDGET_REQUEST = "Let's think step by step and use less than {budget} tokens:"
+# NoThinking (Ma et al., arXiv 2504.09858): the thinking block prefilled as finished, the text its code appends
+# to the chat-templated prompt (which, for R1-style templates, has already opened <think>).
+NO_THINKING_PREFILL = "Okay, I think I have finished thinking.\n</think>"
+# Budget forcing (Muennighoff et al., s1, arXiv 2501.19393): at the budget the thinking is ended by "appending
+# the end-of-thinking token delimiter and optionally 'Final Answer:'". A thinking model gets exactly that; other
+# models end their CoT at ANSWER_MARKER (what TokenSkip's CoTs end with), so the forced text is BOXED_CUE.
+FORCED_THINKING_END = "\n</think>\n\nFinal Answer:"
+
+
+def budget_request(budget: int) -> str:
+    return BUDGET_REQUEST.format(budget=budget)
 
 
 def user_content(question: str, ratio: float, model_type: str, eos: str = "", request: str = "",

@@ -28,15 +28,16 @@ class Family:
     absent: tuple[str, ...] = ()  # substrings that must not appear
     # LLaMA-Factory's `default_system:` when its template's differs from the model's own (or is needed)
     default_system: str | None = None
+    thinks: bool = False  # the model writes a <think> block (what --baseline nothinking prefills)
 
 
 FAMILIES: tuple[Family, ...] = (
     # DeepSeek-R1 and its distills (Qwen and Llama based): the generation prompt opens <think>
-    Family("deepseek-r1", "chat", "deepseekr1", ("<｜User｜>", "<｜Assistant｜>")),
+    Family("deepseek-r1", "chat", "deepseekr1", ("<｜User｜>", "<｜Assistant｜>"), thinks=True),
     # Qwen3 (thinking switch `enable_thinking`), before plain ChatML
-    Family("qwen3", "chat", "qwen3", ("<|im_start|>", "enable_thinking")),
+    Family("qwen3", "chat", "qwen3", ("<|im_start|>", "enable_thinking"), thinks=True),
     # QwQ and other ChatML reasoning models that open <think> in the generation prompt
-    Family("chatml-thinking", "chat", "qwen3", ("<|im_start|>", "<think>")),
+    Family("chatml-thinking", "chat", "qwen3", ("<|im_start|>", "<think>"), thinks=True),
     # Qwen2.5-Instruct: TokenSkip's own qwen prompt (its system line, as the original hard-coded it)
     Family("qwen2.5", "qwen", "qwen", ("<|im_start|>", "You are Qwen, created by Alibaba Cloud"),
            default_system="You are a helpful assistant."),

@@ -1,4 +1,4 @@
-"""The plots: accuracy against the actual compression ratio, and actual against target γ."""
+"""The plots: accuracy against CoT tokens (every method, the Pareto frontier drawn), and actual against target γ."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def label_spots(rows: Sequence[Row], all_rows: Sequence[Row], near: float = 0.03
     for row in rows:
         for (x, y), ratios in spots:
             if abs(row.cot_tokens - x) < near * span_x and abs(row.accuracy - y) < near * span_y:
-                ratios.append(f"{row.ratio:g}")
+                ratios.append(row.target)
                 break
         else:
-            spots.append(((row.cot_tokens, row.accuracy), [f"{row.ratio:g}"]))
+            spots.append(((row.cot_tokens, row.accuracy), [row.target]))
     return spots
 
 
@@ -59,12 +59,18 @@ def plot(tables: Sequence[Table], path: Path) -> int:
             xs, ys = [row.cot_tokens for row in rows], [row.accuracy for row in rows]
             if method == table.original:
                 axis.scatter(xs, ys, marker="*", s=260, color="black", zorder=3, label=method)
+            elif not rows[0].takes_ratio:  # one run, no γ: a point, named in the legend
+                axis.plot(xs, ys, marker="D", linestyle="none", zorder=3, label=method)
             else:
                 axis.plot(xs, ys, marker="o", label=method)
                 for spot, ratios in label_spots(rows, table.rows):
                     labels.append(axis.annotate("/".join(ratios), spot, textcoords="offset points", xytext=(4, 4),
                                                 fontsize=8))
             points += len(rows)
+        frontier = [(p.cot_tokens, p.accuracy) for p in table.frontier if p.dominated_by is None]
+        if len(frontier) > 1:  # the Pareto frontier as a staircase: no run lies above and left of it
+            axis.step([x for x, _ in frontier], [y for _, y in frontier], where="post", linestyle="--",
+                      color="gray", linewidth=1, zorder=1, label="Pareto frontier")
         axis.set_title(table.title, fontsize=10)
         axis.set_xlabel("mean CoT tokens")
         axis.set_ylabel("accuracy (%)")

@@ -38,7 +38,7 @@ def markdown(tables: Sequence[Table], plot_name: str | None, adherence_plot_name
             lines += [f"## {table.title}", "", *soft_markdown(table.soft), ""]
         elif table.rows:  # a table of only unfinished runs has none: they are listed below
             lines += [f"## {table.title}", "", *_mixed_adapters(table), *_results(table), "", *_adherence(table),
-                      *_thinking(table), *_paper(table.paper), ""]
+                      *_thinking(table), *_frontier(table), *_paper(table.paper), ""]
     if not any(table.rows for table in tables):
         return "\n".join(lines)
     lines += [*NOTES, ""]
@@ -87,7 +87,7 @@ def _results(table: Table) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.rows:
         lines.append(
-            f"| {row.method} | {row.ratio:g} | {row.accuracy:.1f}% | {_fmt(row.accuracy_change, '{:+.1f}')} | "
+            f"| {row.method} | {row.target} | {row.accuracy:.1f}% | {_fmt(row.accuracy_change, '{:+.1f}')} | "
             f"{row.cot_tokens:.1f} | {_fmt(row.actual_ratio, '{:.2f}')} | {_fmt(row.latency, '{:.3f}')} | "
             f"{_fmt(row.speedup, '{:.2f}x')} | {row.n_samples} | {row.latency_basis or '–'} |")
     return lines
@@ -100,7 +100,7 @@ def _adherence(table: Table) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.rows:
         lines.append(
-            f"| {row.method} | {row.ratio:g} | {row.cot_tokens:.1f} | {_fmt(row.median_cot_tokens, '{:.1f}')} | "
+            f"| {row.method} | {row.target} | {row.cot_tokens:.1f} | {_fmt(row.median_cot_tokens, '{:.1f}')} | "
             f"{_fmt(row.n_capped, '{}')} | {_fmt(row.ratio_vs_original, '{:.2f}')} | "
             f"{_fmt(row.ratio_vs_self, '{:.2f}')} | "
             f"{_with_n(row.ratio_vs_original_both_correct, row.n_both_correct_original)} | "
@@ -118,6 +118,20 @@ def _adherence(table: Table) -> list[str]:
     return lines
 
 
+def _frontier(table: Table) -> list[str]:
+    """Which rows are on the accuracy-vs-CoT-tokens Pareto frontier, and what dominates the others."""
+    if len(table.frontier) < 2:
+        return []
+    lines = ["", "### Accuracy against CoT tokens: the Pareto frontier", "",
+             "| method | target γ | CoT tokens | accuracy | on the frontier |", "|---|---|---|---|---|"]
+    for point in table.frontier:
+        lines.append(f"| {point.method} | {point.target} | {point.cot_tokens:.1f} | {point.accuracy:.1f}% | "
+                     + ("yes |" if point.dominated_by is None else f"no: {point.dominated_by} |"))
+    lines += ["", "A row is dominated when another is as accurate or more with as few CoT tokens or fewer (better in "
+                  "one); the frontier is the rows no other dominates, drawn dashed in the plot."]
+    return lines
+
+
 def _thinking(table: Table) -> list[str]:
     thinking_rows = [row for row in table.rows if row.thinking]
     if not thinking_rows:
@@ -129,7 +143,7 @@ def _thinking(table: Table) -> list[str]:
         think = row.thinking
         finished = think.get("accuracy_finished")
         lines.append(
-            f"| {row.method} | {row.ratio:g} | {think['mean_thinking_tokens']:.1f} | "
+            f"| {row.method} | {row.target} | {think['mean_thinking_tokens']:.1f} | "
             f"{think['median_thinking_tokens']:.1f} | {_fmt(think.get('mean_answer_tokens'), '{:.1f}')} | "
             f"{think['n_unfinished']} of {think['n']} | "
             f"{_fmt(None if finished is None else 100 * finished, '{:.1f}%')} |")
@@ -173,7 +187,7 @@ def as_json(table: Table) -> dict:
     mixed = table.mixed_adapters()
     if mixed:
         found["mixed_adapters"] = {label: sorted(by) for label, by in mixed.items()}
-    for key in ("adherence", "training_ratios", "soft", "paper"):
+    for key in ("adherence", "training_ratios", "soft", "paper", "frontier"):
         if not found[key]:
             del found[key]
     return found

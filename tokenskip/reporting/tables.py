@@ -18,6 +18,7 @@ from tokenskip.core.layout import (
     COMPRESSION_SUMMARY,
     METRICS,
     PREDICTIONS,
+    RATIO_FREE_METHODS,
     RUN_SETTINGS,
     compression_dir,
     place,
@@ -27,8 +28,10 @@ from tokenskip.data.benchmarks import BENCHMARKS, DATASET_DIRS
 from tokenskip.reporting.published import PAPER, PAPER_URL, RATIO_BASIS, PublishedTable, find_table, model_names
 
 BENCHMARK_NAMES = (*BENCHMARKS, *DATASET_DIRS.values())  # as output folders name them
+# also the order of the rows
 METHOD_NAMES = {"original": "Original", "tokenskip": "TokenSkip", "ratio-tag": "Base model + γ tag",
-                "truncation": "Truncation", "prompt": "Prompt-based"}  # also the order of the rows
+                "truncation": "Truncation", "prompt": "Prompt-based", "budget": "Budget forcing",
+                "budget-prompt": "Token-budget prompt", "cod": "Chain-of-Draft", "nothinking": "NoThinking"}
 
 
 POINTS_KEY = "tokenskip:points"  # PNG text chunk: how many points the plot holds
@@ -77,6 +80,27 @@ class Row:
     adapter_path: str | None = None
     method_id: str | None = None  # the layout's method (original, tokenskip, ...), whatever the label
     max_new_tokens: int | None = None  # the run's token cap, where metrics.json records it
+
+    @property
+    def takes_ratio(self) -> bool:
+        """False for the methods that run without γ (Chain-of-Draft, NoThinking): no target, no adherence."""
+        return self.method_id not in RATIO_FREE_METHODS
+
+    @property
+    def target(self) -> str:
+        return f"{self.ratio:g}" if self.takes_ratio else "–"
+
+
+@dataclass
+class FrontierPoint:
+    """One row on the accuracy-vs-CoT-tokens plane: on the Pareto frontier, or which row dominates it (as
+    accurate or more with as few CoT tokens or fewer, better in one of the two)."""
+
+    method: str
+    target: str  # the row's γ, "–" for methods without one
+    cot_tokens: float
+    accuracy: float
+    dominated_by: str | None  # "method γ" of the row that dominates it (the most accurate such); None: on it
 
 
 @dataclass
@@ -164,6 +188,7 @@ class Table:
     training_ratios: list[TrainingRatios] = field(default_factory=list)
     soft: dict | None = None  # a soft-compression evaluation's metrics.json (soft_compress.py evaluate)
     paper: PaperComparison | None = None  # where the TokenSkip paper reports this model and benchmark
+    frontier: list[FrontierPoint] = field(default_factory=list)  # every row, fewest CoT tokens first
 
     def mixed_adapters(self) -> dict[str, dict[str, list[Row]]]:
         """Labels whose γ rows come from more than one adapter: label -> adapter (sha256, else folder) -> rows.
@@ -386,8 +411,9 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     original_run = next((run for run in runs if run.method == "original"), None)
     original_label = original_run.label if original_run else None
     questions = {run.path: read_questions(run) for run in runs}
-    # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything)
-    at_one = {run.label: run for run in runs if run.method != "original" and run.ratio == 1.0}
+    # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything); a method without γ has none
+    at_one = {run.label: run for run in runs
+              if run.method != "original" and run.ratio == 1.0 and run.method not in RATIO_FREE_METHODS}
     training = read_training_ratios(group, root)
     rows = []
     for run in runs:
@@ -404,13 +430,31 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
         or _benchmark_of(group)
     series: dict[str, list[Row]] = {}
     for row in rows:
-        if row.method != original_label:
+        if row.method != original_label and row.takes_ratio:
             series.setdefault(row.method, []).append(row)
     model_path = next((run.metrics["model_path"] for run in runs if run.metrics.get("model_path")), None)
     published = find_table(model_names(model_path, group), benchmark)
     return Table(title=_title(group, root, benchmark), benchmark=benchmark, rows=rows, original=original_label,
                  adherence=[adherence(method, method_rows) for method, method_rows in series.items()],
-                 training_ratios=training, paper=beside_paper(rows, published) if published else None)
+                 training_ratios=training, paper=beside_paper(rows, published) if published else None,
+                 frontier=pareto(rows))
+
+
+def pareto(rows: list[Row]) -> list[FrontierPoint]:
+    """Every row placed against the others on accuracy and mean CoT tokens (fewest tokens first): which are on the
+    Pareto frontier, and, for each that is not, the most accurate row that dominates it."""
+    def name(row: Row) -> str:
+        return f"{row.method} {row.target}" if row.takes_ratio else row.method
+
+    points = []
+    for row in sorted(rows, key=lambda r: (r.cot_tokens, -r.accuracy)):
+        better = [other for other in rows if other is not row and other.accuracy >= row.accuracy
+                  and other.cot_tokens <= row.cot_tokens
+                  and (other.accuracy > row.accuracy or other.cot_tokens < row.cot_tokens)]
+        best = max(better, key=lambda r: (r.accuracy, -r.cot_tokens), default=None)
+        points.append(FrontierPoint(method=row.method, target=row.target, cot_tokens=row.cot_tokens,
+                                    accuracy=row.accuracy, dominated_by=name(best) if best else None))
+    return points
 
 
 def beside_paper(rows: list[Row], published: PublishedTable) -> PaperComparison | None:

