@@ -53,7 +53,13 @@ def test_two_concurrent_runs_one_works_one_gets_a_one_line_error(tiny_lm_dir, tm
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
         time.sleep(0.05)
-    second = run_script(*args)
+    # the first is paused while the second tries: a fast first run could otherwise finish before the second
+    # has even imported torch, and the test would race instead of checking the lock
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = run_script(*args)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     message = one_line_error(second)
     assert f"pid {first.pid}" in message and "evaluation.py" in message
