@@ -193,6 +193,20 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
                         records(adapter_runs.root / "hf8", "Original/test"))
 
 
+def test_budget_forcing_answers_alike_on_vllm_and_transformers(smollm2_dir, tmp_path):
+    """Budget forcing's two phases (the CoT to the budget, then the forced answer as a continuation) on the vLLM
+    engine: the same outputs, forced ends and token counts as the transformers backend, question for question."""
+    common = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
+              "budget", "--baseline-ratios", "0.5"]
+    vllm_run(smollm2_dir, tmp_path / "vllm", *common, log=tmp_path / "vllm.log")
+    hf_run(smollm2_dir, tmp_path / "hf", *common, log=tmp_path / "hf.log")
+    vllm, hf = records(tmp_path / "vllm", "BudgetForcing/0.5"), records(tmp_path / "hf", "BudgetForcing/0.5")
+    assert_same_outputs(vllm, hf)
+    assert [r.get("forced") for r in vllm] == [r.get("forced") for r in hf]
+    assert any(r.get("forced") is not None for r in vllm)  # some outputs were cut at the budget and answered
+    assert metrics(tmp_path / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
+
+
 # ---------------------------------------------------------------- data parallel: one engine per rank
 
 
