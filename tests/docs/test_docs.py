@@ -177,8 +177,9 @@ def model_tree() -> tuple[tuple[str, ...], ...]:
     paths: list[Path] = []
     run_files = (layout.PREDICTIONS, layout.METRICS, layout.RUN_SETTINGS, layout.GENERATION_LOG, layout.LOCK_FILE)
     runs = [layout.run_dir(base, method=method, ratio=ratio, data_type=split)
-            for method in ("original", "tokenskip", "truncation", "prompt")
-            for ratio in RATIOS for split in ("train", "test")]
+            for method in ("original", *layout.RATIO_METHODS) for ratio in RATIOS for split in ("train", "test")]
+    runs += [layout.run_dir(base, method=method, ratio=1.0, data_type=split)
+             for method in layout.RATIO_FREE_METHODS for split in ("train", "test")]
     for run in runs:
         samples = layout.samples_dir(run)
         paths += [samples / name for name in run_files]
@@ -690,6 +691,19 @@ def test_the_readme_demo_table_is_copied_from_the_full_tables():
     for key, row in short.items():
         for column, value in row.items():
             assert full[key][same_as.get(column, column)] == value, (key, column)
+
+
+def test_the_control_tables_are_the_committed_results():
+    """The γ-control tables of the README and docs/control.md are `bench/bench_control.py --render` of the committed
+    results file, row for row: a figure there is a measured one."""
+    rendered = subprocess.run([sys.executable, "bench/bench_control.py", "--render", "bench/results/control_scale.json"],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    rows = {line for line in rendered.splitlines() if line.startswith("|")}
+    for name in ("README.md", "docs/control.md"):
+        shown = [line for line in (ROOT / name).read_text(encoding="utf-8").splitlines()
+                 if line.startswith(("| adapter", "| base model"))]
+        assert shown, name
+        assert [line for line in shown if line not in rows] == [], name
 
 
 # ---------------------------------------------------------------- each checker fails on a bad input
