@@ -696,8 +696,8 @@ def test_the_readme_demo_table_is_copied_from_the_full_tables():
 def test_the_control_tables_are_the_committed_results():
     """The γ-control tables of the README and docs/control.md are `bench/bench_control.py --render` of the committed
     results file, row for row: a figure there is a measured one."""
-    rendered = subprocess.run([sys.executable, "bench/bench_control.py", "--render", "bench/results/control_scale.json"],
-                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "bench/bench_control.py", "--render", "bench/results/control_scale.json"]
+    rendered = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     rows = {line for line in rendered.splitlines() if line.startswith("|")}
     for name in ("README.md", "docs/control.md"):
         shown = [line for line in (ROOT / name).read_text(encoding="utf-8").splitlines()
