@@ -26,6 +26,7 @@ class Baseline:
     about: str  # one line for --help
     source: str  # where it comes from
     budgeted: bool = False  # takes the budget round(γ x the base model's mean CoT tokens): needs that run first
+    caps_generation: bool = False  # the budget is the generation's token cap (its first phase, for budget forcing)
     thinking_only: bool = False  # only for models with a thinking block
 
     @property
@@ -36,10 +37,10 @@ class Baseline:
 
 TABLE: dict[str, Baseline] = {baseline.name: baseline for baseline in (
     Baseline("truncation", "the output cut at the budget, answer included", "TokenSkip, arXiv 2502.12067",
-             budgeted=True),
+             budgeted=True, caps_generation=True),
     Baseline("prompt", "the prompt asks for (1-γ) fewer words", "TokenSkip, arXiv 2502.12067"),
     Baseline("budget", "budget forcing: the CoT (or thinking) ended at the budget, then the answer forced",
-             "s1, arXiv 2501.19393", budgeted=True),
+             "s1, arXiv 2501.19393", budgeted=True, caps_generation=True),
     Baseline("budget-prompt", "the prompt asks for fewer than the budget's tokens", "TALE-EP, arXiv 2412.18547",
              budgeted=True),
     Baseline("cod", "Chain-of-Draft's prompt: a few words per step (no γ)", "Chain-of-Draft, arXiv 2502.18600"),
@@ -47,6 +48,7 @@ TABLE: dict[str, Baseline] = {baseline.name: baseline for baseline in (
              "NoThinking, arXiv 2504.09858", thinking_only=True),
 )}
 NAMES = tuple(TABLE)
+WITH_RATIO = tuple(name for name, baseline in TABLE.items() if baseline.takes_ratio)
 # budget forcing's second phase: the most tokens the forced answer may take (a boxed number, or a thinking
 # model's short answer section); recorded in run.json as answer_tokens
 FORCED_ANSWER_TOKENS = 64

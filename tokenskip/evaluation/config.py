@@ -165,8 +165,8 @@ class EvalConfig:
         """--runs and --baseline-ratios, checked: the methods in running order, the baselines' ratios."""
         if args.runs is None:
             if args.baseline_ratios:
-                raise UsageError("--baseline-ratios goes with --runs and a baseline that takes γ (truncation, prompt, "
-                                 "budget, budget-prompt); alone, use --baseline with --compression_ratio")
+                raise UsageError(f"--baseline-ratios goes with --runs and a baseline that takes γ "
+                                 f"({', '.join(baselines.WITH_RATIO)}); alone, use --baseline with --compression_ratio")
             return None, ()
         if args.baseline:
             raise UsageError(f"--baseline {args.baseline} and --runs do not mix: add {args.baseline} to --runs")
@@ -176,7 +176,7 @@ class EvalConfig:
         if args.use_adapter and "tokenskip" not in runs:
             raise UsageError("--use_adapter with --runs: add tokenskip to --runs for the adapter's runs")
         ratios = tuple(dict.fromkeys(args.baseline_ratios or [r for r in args.compression_ratio if r < 1.0]))
-        with_ratio = [method for method in runs if method in BASELINES and baselines.TABLE[method].takes_ratio]
+        with_ratio = [method for method in runs if method in baselines.WITH_RATIO]
         if with_ratio and (not ratios or max(ratios) >= 1.0):
             raise UsageError(f"--runs {' '.join(with_ratio)}: these baselines run at ratios below 1; give them with "
                              "--baseline-ratios (or --compression_ratio values < 1)")
@@ -278,10 +278,11 @@ def baseline_budget(config: EvalConfig) -> int | None:
     return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
 
 
-def effective_max_new_tokens(config: EvalConfig) -> int:
-    """The run's generation budget: truncation's and budget forcing's (its first phase) is the baseline's budget."""
-    if config.baseline in ("truncation", "budget"):
-        return baseline_budget(config)
+def effective_max_new_tokens(config: EvalConfig, budget: int | None = None) -> int:
+    """The run's generation budget: a baseline's whose budget caps generation (truncation; budget forcing's first
+    phase) is that `budget` (`baseline_budget`, computed here when not given)."""
+    if config.baseline and baselines.TABLE[config.baseline].caps_generation:
+        return budget if budget is not None else baseline_budget(config)
     # The original scaled MATH's budget by γ for adapter runs; kept, but as an integer.
     if config.benchmark == "math" and config.adapter_path:
         return max(1, int(round(config.max_new_tokens * config.ratio)))

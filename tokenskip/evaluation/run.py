@@ -243,19 +243,20 @@ def shard_record(shard: Shard, job: Job) -> dict:
 
 def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
     """What this run's outputs depend on (run.json): a resumed run must match it."""
+    budget = baseline_budget(config)  # read once: the original run's metrics
     return RunSettings(
         model_path=shared.model_path, tokenizer_path=shared.tokenizer_path, adapter_path=config.adapter_path,
         model_type=config.model_type, compression_ratio=config.ratio, baseline=config.baseline,
         benchmark=config.benchmark, data_type=config.data_type,
         data_source=data.data_source(config.benchmark, config.data_type, config.data_path),
         data_sha256=shared.data_sha256, max_num_examples=config.max_num_examples,
-        max_new_tokens=effective_max_new_tokens(config), temperature=config.temperature, top_p=config.top_p,
+        max_new_tokens=effective_max_new_tokens(config, budget), temperature=config.temperature, top_p=config.top_p,
         seed=config.seed, overlong=config.overlong, n_samples=config.n_samples, system=config.system,
         thinking=config.thinking, question_field=config.question_field or "",
         answer_field=config.answer_field or "",
         adapter_sha256=shared.adapter_sha256 if config.adapter_path else None,
         ratio_format=config.ratio_format,
-        budget=baseline_budget(config),
+        budget=budget,
         answer_tokens=baselines.FORCED_ANSWER_TOKENS if config.baseline == "budget" else None,
     )
 

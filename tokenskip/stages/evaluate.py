@@ -34,7 +34,7 @@ from tokenskip.evaluation.parallel import entry_command, run_ranks
 from tokenskip.evaluation.regrade import regrade
 from tokenskip.evaluation.run import SharedModel, evaluate_ratio, with_prompt_format
 from tokenskip.grading.graders import DEFAULT_GRADER, GRADERS
-from tokenskip.prompting import prompts
+from tokenskip.prompting import prompts, templates
 from tokenskip.stages import flags
 
 EXAMPLES = """examples:
@@ -239,10 +239,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     tokenizer = load_tokenizer(tokenizer_path)
     check_ratio_tokens(config, tokenizer, tokenizer_path)
     config, family = with_prompt_format(config, tokenizer)
-    from tokenskip.prompting.templates import family_named
-
     for method in {config.baseline, *(config.runs or ())} - {None}:
-        baselines.check_model(method, family_named(family), config.thinking)
+        baselines.check_model(method, templates.family_named(family), config.thinking)
     identity = adapter_sha256(config.adapter_path) if adapter_config is not None else None
     if identity:  # which adapter, always said: a table must never silently report another one
         print(f"adapter: {config.adapter_path} (sha256 {identity[:12]})")
