@@ -129,7 +129,7 @@ def main() -> None:
     results = {"command": shown.replace(str(GSM8K_TEST), "$TOKENSKIP_DATA_DIR/gsm8k/test.jsonl"),
                "questions": args.questions, "tokens": args.tokens, "backend": args.backend, "wall_s": wall,
                "rows": [{"method": row["method"], "method_id": row["method_id"],
-                         "target": f"{row['ratio']:g}" if row["method_id"] not in layout.RATIO_FREE_METHODS else "–",
+                         "target": row["target"],
                          "accuracy": row["accuracy"], "cot_tokens": row["cot_tokens"],
                          "actual_ratio": row["actual_ratio"], "n": row["n_samples"]} for row in table["rows"]],
                "frontier": table["frontier"], "checks": checks(args.out_dir, args.ratios)}

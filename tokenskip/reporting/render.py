@@ -184,6 +184,8 @@ def as_json(table: Table) -> dict:
     """A table for --format json; the adherence summary and training ratios only where a group has
     some, so that a group of unfinished runs (nothing measured yet) reads as before."""
     found = asdict(table)
+    for row, entry in zip(table.rows, found["rows"]):
+        entry["target"] = row.target  # the γ as the tables show it ("–" for methods without one)
     mixed = table.mixed_adapters()
     if mixed:
         found["mixed_adapters"] = {label: sorted(by) for label, by in mixed.items()}
