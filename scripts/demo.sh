@@ -17,7 +17,9 @@ EVAL_RATIOS="${EVAL_RATIOS:-0.9 0.8 0.7 0.6 0.5}"   # the adapter's γ grid
 BASELINE_RATIOS="${BASELINE_RATIOS:-0.9 0.7 0.5}"   # the baselines' (a coarser grid keeps the demo within 15 minutes)
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"      # e.g. "max_steps=3" to shorten training
 export OUTPUT_DIR="$DEMO_DIR/SmolLM2-135M-Instruct/gsm8k/" MODEL_SIZE=135m BENCHMARK=gsm8k MODEL_TYPE=qwen
-export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-16}"
+# sequences decoding together: on a CPU a step over 48 rows costs ~2x one over 16 (bench/profile_decoding.py),
+# so stage 1's 160 questions and each evaluation's 32 fill the slots in fewer, fuller steps
+export EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE:-48}"
 # the outputs tree's paths come from tokenskip/core/layout.py, the one place that defines them
 layout_of_run() { layout_path "$1" --output-dir "$OUTPUT_DIR" --model-size "$MODEL_SIZE" "${@:2}"; }
 RUN_DIR="$(layout_of_run model-dir)"

@@ -193,18 +193,36 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
                         records(adapter_runs.root / "hf8", "Original/test"))
 
 
-def test_budget_forcing_answers_alike_on_vllm_and_transformers(smollm2_dir, tmp_path):
+BUDGET_RUNS = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
+               "budget", "--baseline-ratios", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory, smollm2_dir):
+    """Budget forcing at γ 0.5 (after the base model's run, whose mean CoT sets the budget) on the offline
+    vLLM engine and on transformers: the reference the other backends' budget forcing is held to."""
+    root = tmp_path_factory.mktemp("budget")
+    vllm_run(smollm2_dir, root / "vllm", *BUDGET_RUNS, log=root / "vllm.log")
+    hf_run(smollm2_dir, root / "hf", *BUDGET_RUNS, log=root / "hf.log")
+    return root
+
+
+def assert_same_budget_forcing(out: Path, reference: Path) -> None:
+    """Two-phase outputs alike: texts, token counts (both phases), which outputs were forced and with what."""
+    mine, theirs = records(out, "BudgetForcing/0.5"), records(reference, "BudgetForcing/0.5")
+    assert_same_outputs(mine, theirs)
+    assert [r.get("forced") for r in mine] == [r.get("forced") for r in theirs]
+    assert any(r.get("forced") is not None for r in mine)  # some outputs were cut at the budget and answered
+    budget = [json.loads((samples(folder, "BudgetForcing/0.5") / "run.json").read_text())["budget"]
+              for folder in (out, reference)]
+    assert budget[0] == budget[1] and budget[0] > 0
+
+
+def test_budget_forcing_answers_alike_on_vllm_and_transformers(budget_runs):
     """Budget forcing's two phases (the CoT to the budget, then the forced answer as a continuation) on the vLLM
     engine: the same outputs, forced ends and token counts as the transformers backend, question for question."""
-    common = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
-              "budget", "--baseline-ratios", "0.5"]
-    vllm_run(smollm2_dir, tmp_path / "vllm", *common, log=tmp_path / "vllm.log")
-    hf_run(smollm2_dir, tmp_path / "hf", *common, log=tmp_path / "hf.log")
-    vllm, hf = records(tmp_path / "vllm", "BudgetForcing/0.5"), records(tmp_path / "hf", "BudgetForcing/0.5")
-    assert_same_outputs(vllm, hf)
-    assert [r.get("forced") for r in vllm] == [r.get("forced") for r in hf]
-    assert any(r.get("forced") is not None for r in vllm)  # some outputs were cut at the budget and answered
-    assert metrics(tmp_path / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
+    assert_same_budget_forcing(budget_runs / "vllm", budget_runs / "hf")
+    assert metrics(budget_runs / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
 
 
 # ---------------------------------------------------------------- data parallel: one engine per rank
@@ -308,6 +326,16 @@ def test_every_ray_replica_answers_and_the_lora_reaches_each(ray_replicas, adapt
     base = {r["id"]: r["model_output"] for r in records(adapter_runs.root / "hf8", "Original/test")}
     tuned = records(ray_replicas.root / "ray", "TokenSkip/0.5")
     assert sum(r["model_output"] != base[r["id"]] for r in tuned) >= ADAPTER_QUESTIONS // 2
+
+
+@needs_ray
+def test_budget_forcing_on_ray_data(smollm2_dir, budget_runs, tmp_path):
+    """Both phases as Ray Data jobs (one replica): the same two-phase outputs as the offline engine."""
+    out = tmp_path / "ray"
+    evaluation(VLLM_PYTHON, smollm2_dir, out, "--backend", "ray", "--enforce-eager", *BUDGET_RUNS,
+               log=tmp_path / "ray.log", timeout=1200)
+    assert_same_budget_forcing(out, budget_runs / "vllm")
+    assert metrics(out, "BudgetForcing/0.5")["backend"] == "ray"
 
 
 def test_vllms_ray_executor_on_the_cpu_build_is_a_one_line_error(smollm2_dir, tmp_path):
@@ -446,6 +474,15 @@ def test_a_served_model_answers_as_the_offline_engine(server, smollm2_dir, adapt
         assert summary["request_latency"]["basis"].startswith("client")
     assert metrics(out, "TokenSkip/0.5")["served_model"] == "tokenskip"
     assert metrics(out, "Original/test")["served_model"] == str(smollm2_dir)
+
+
+def test_budget_forcing_on_a_served_model(server, smollm2_dir, budget_runs):
+    """The second phase reaches the server as a continuation prompt: the served model forces the same answers."""
+    out = server.root / "served-budget"
+    evaluation(sys.executable, smollm2_dir, out, "--backend", "server", "--server-url", server.url, *BUDGET_RUNS,
+               "--server-concurrency", "4", log=server.root / "served-budget.log")
+    assert_same_budget_forcing(out, budget_runs / "vllm")
+    assert metrics(out, "BudgetForcing/0.5")["backend"] == "server"
 
 
 def test_a_model_the_server_does_not_serve_is_a_one_line_error(server, smollm2_dir, tmp_path):

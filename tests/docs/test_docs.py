@@ -706,6 +706,19 @@ def test_the_control_tables_are_the_committed_results():
         assert [line for line in shown if line not in rows] == [], name
 
 
+def test_the_baseline_tables_are_the_committed_results():
+    """docs/baselines.md's measured tables (every method, the adapter among them, and the budget-forcing checks) are
+    `bench/bench_baselines.py --render` of the committed results file, line for line."""
+    command = [sys.executable, "bench/bench_baselines.py", "--render", "bench/results/baselines.json"]
+    rendered = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = set(rendered.splitlines())
+    text = (ROOT / "docs" / "baselines.md").read_text(encoding="utf-8")
+    measured = text[text.index("Measured on"):].split("\n## ")[0]
+    shown = [line for line in measured.splitlines() if line.startswith(("|", "`python"))]
+    assert len(shown) > 10
+    assert [line for line in shown if line not in lines] == []
+
+
 # ---------------------------------------------------------------- each checker fails on a bad input
 
 

@@ -197,7 +197,7 @@ def test_prompt_baseline_asks_for_fewer_words(tiny_lm_dir, tmp_path):
                                      "--compression_ratio", "0.7", "--label", "ask"))
     records = read_lines(tmp_path / "tiny" / "PromptReduction" / "0.7" / "samples" / "predictions.jsonl")
     question = records[0]["messages"][0]["content"]
-    request = "Please reduce 30% of the words in your reasoning."
+    request = "Please reduce 30% of the words in your Chain-of-Thought process."
     assert f"{question}\n{request}<|im_end|>" in records[0]["prompt"]
     assert metrics["method"] == "prompt" and metrics["label"] == "ask"
 

@@ -52,8 +52,8 @@ def test_cot_stops_at_final_answer_marker():
 def test_prompt_based_reduction_request():
     from tokenskip.prompting.prompts import reduction_request
 
-    assert reduction_request(0.5) == "Please reduce 50% of the words in your reasoning."
-    assert reduction_request(0.9) == "Please reduce 10% of the words in your reasoning."
+    assert reduction_request(0.5) == "Please reduce 50% of the words in your Chain-of-Thought process."
+    assert reduction_request(0.9) == "Please reduce 10% of the words in your Chain-of-Thought process."
     assert build_prompt(QUESTION, model_type="qwen", request=reduction_request(0.6)) == (
         QWEN_HEAD + QUESTION
-        + "\nPlease reduce 40% of the words in your reasoning.<|im_end|>\n<|im_start|>assistant\n")
+        + "\nPlease reduce 40% of the words in your Chain-of-Thought process.<|im_end|>\n<|im_start|>assistant\n")

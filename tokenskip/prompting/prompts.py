@@ -39,10 +39,10 @@ def ratio_tokens(ratios) -> list[str]:
     return [ratio_token(ratio) for ratio in ratios if ratio < 1.0]
 
 
-# The prompt-based baseline of the paper: ask the base model itself to reason with fewer words.
-# The paper's Table 3 quotes LC-Prompt as "Please reduce 50% of the words in your Chain-of-Thought process.";
-# changing this string changes the demo's measured Prompt-based rows, so it waits for a demo rerun (issue 29).
-REDUCTION_REQUEST = "Please reduce {percent}% of the words in your reasoning."
+# The prompt-based baseline of the paper (LC-Prompt): ask the base model itself to reason with fewer words,
+# in the words the paper's Table 3 quotes for γ = 0.5: "Please reduce 50% of the words in your Chain-of-Thought
+# process." (the percentage is (1 - γ) x 100 at the other γ).
+REDUCTION_REQUEST = "Please reduce {percent}% of the words in your Chain-of-Thought process."
 
 
 def reduction_request(ratio: float) -> str:
