@@ -193,24 +193,29 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
                         records(adapter_runs.root / "hf8", "Original/test"))
 
 
-BUDGET_RUNS = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
-               "budget", "--baseline-ratios", "0.5"]
+# the baselines beyond the paper's two that run on the embedded model (NoThinking needs a thinking block:
+# tests/prompting/test_chat_models.py runs it on a tiny model with DeepSeek-R1's template)
+BASELINE_RUNS = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
+                 "budget", "budget-prompt", "cod", "--baseline-ratios", "0.5"]
+BASELINE_FOLDERS = ("BudgetForcing/0.5", "BudgetPrompt/0.5", "ChainOfDraft")
 
 
 @pytest.fixture(scope="module")
-def budget_runs(tmp_path_factory, smollm2_dir):
-    """Budget forcing at γ 0.5 (after the base model's run, whose mean CoT sets the budget) on the offline
-    vLLM engine and on transformers: the reference the other backends' budget forcing is held to."""
-    root = tmp_path_factory.mktemp("budget")
-    vllm_run(smollm2_dir, root / "vllm", *BUDGET_RUNS, log=root / "vllm.log")
-    hf_run(smollm2_dir, root / "hf", *BUDGET_RUNS, log=root / "hf.log")
+def baseline_runs(tmp_path_factory, smollm2_dir):
+    """Budget forcing and the two prompts at γ 0.5 (after the base model's run, whose mean CoT sets the budget)
+    on the offline vLLM engine and on transformers: the reference the other backends are held to."""
+    root = tmp_path_factory.mktemp("baselines")
+    vllm_run(smollm2_dir, root / "vllm", *BASELINE_RUNS, log=root / "vllm.log")
+    hf_run(smollm2_dir, root / "hf", *BASELINE_RUNS, log=root / "hf.log")
     return root
 
 
-def assert_same_budget_forcing(out: Path, reference: Path) -> None:
-    """Two-phase outputs alike: texts, token counts (both phases), which outputs were forced and with what."""
+def assert_same_baselines(out: Path, reference: Path) -> None:
+    """Every baseline's outputs alike; budget forcing's two phases too: texts, token counts (both phases),
+    which outputs were forced and with what, and the budget."""
+    for folder in BASELINE_FOLDERS:
+        assert_same_outputs(records(out, folder), records(reference, folder))
     mine, theirs = records(out, "BudgetForcing/0.5"), records(reference, "BudgetForcing/0.5")
-    assert_same_outputs(mine, theirs)
     assert [r.get("forced") for r in mine] == [r.get("forced") for r in theirs]
     assert any(r.get("forced") is not None for r in mine)  # some outputs were cut at the budget and answered
     budget = [json.loads((samples(folder, "BudgetForcing/0.5") / "run.json").read_text())["budget"]
@@ -218,11 +223,11 @@ def assert_same_budget_forcing(out: Path, reference: Path) -> None:
     assert budget[0] == budget[1] and budget[0] > 0
 
 
-def test_budget_forcing_answers_alike_on_vllm_and_transformers(budget_runs):
-    """Budget forcing's two phases (the CoT to the budget, then the forced answer as a continuation) on the vLLM
-    engine: the same outputs, forced ends and token counts as the transformers backend, question for question."""
-    assert_same_budget_forcing(budget_runs / "vllm", budget_runs / "hf")
-    assert metrics(budget_runs / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
+def test_the_baselines_answer_alike_on_vllm_and_transformers(baseline_runs):
+    """Budget forcing's two phases (the CoT to the budget, then the forced answer as a continuation) and the two
+    prompts on the vLLM engine: the same outputs, forced ends and token counts as the transformers backend."""
+    assert_same_baselines(baseline_runs / "vllm", baseline_runs / "hf")
+    assert metrics(baseline_runs / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
 
 
 # ---------------------------------------------------------------- data parallel: one engine per rank
@@ -329,12 +334,12 @@ def test_every_ray_replica_answers_and_the_lora_reaches_each(ray_replicas, adapt
 
 
 @needs_ray
-def test_budget_forcing_on_ray_data(smollm2_dir, budget_runs, tmp_path):
-    """Both phases as Ray Data jobs (one replica): the same two-phase outputs as the offline engine."""
+def test_the_baselines_on_ray_data(smollm2_dir, baseline_runs, tmp_path):
+    """Budget forcing's phases and the prompts as Ray Data jobs (one replica): the offline engine's outputs."""
     out = tmp_path / "ray"
-    evaluation(VLLM_PYTHON, smollm2_dir, out, "--backend", "ray", "--enforce-eager", *BUDGET_RUNS,
+    evaluation(VLLM_PYTHON, smollm2_dir, out, "--backend", "ray", "--enforce-eager", *BASELINE_RUNS,
                log=tmp_path / "ray.log", timeout=1200)
-    assert_same_budget_forcing(out, budget_runs / "vllm")
+    assert_same_baselines(out, baseline_runs / "vllm")
     assert metrics(out, "BudgetForcing/0.5")["backend"] == "ray"
 
 
@@ -476,12 +481,13 @@ def test_a_served_model_answers_as_the_offline_engine(server, smollm2_dir, adapt
     assert metrics(out, "Original/test")["served_model"] == str(smollm2_dir)
 
 
-def test_budget_forcing_on_a_served_model(server, smollm2_dir, budget_runs):
-    """The second phase reaches the server as a continuation prompt: the served model forces the same answers."""
-    out = server.root / "served-budget"
-    evaluation(sys.executable, smollm2_dir, out, "--backend", "server", "--server-url", server.url, *BUDGET_RUNS,
-               "--server-concurrency", "4", log=server.root / "served-budget.log")
-    assert_same_budget_forcing(out, budget_runs / "vllm")
+def test_the_baselines_on_a_served_model(server, smollm2_dir, baseline_runs):
+    """Budget forcing's second phase reaches the server as a continuation prompt, the prompts as prompts: the
+    served model answers as the offline engine does."""
+    out = server.root / "served-baselines"
+    evaluation(sys.executable, smollm2_dir, out, "--backend", "server", "--server-url", server.url, *BASELINE_RUNS,
+               "--server-concurrency", "4", log=server.root / "served-baselines.log")
+    assert_same_baselines(out, baseline_runs / "vllm")
     assert metrics(out, "BudgetForcing/0.5")["backend"] == "server"
 
 
