@@ -36,6 +36,7 @@ from tokenskip.core import layout  # noqa: E402
 from tokenskip.core.jsonio import read_json, read_jsonl, write_json_atomic  # noqa: E402
 from tokenskip.evaluation.baselines import FORCED_ANSWER_TOKENS  # noqa: E402
 from tokenskip.models import embedded  # noqa: E402
+from tokenskip.prompting.prompts import RATIO_FORMATS  # noqa: E402
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
@@ -115,7 +116,7 @@ def main() -> None:
                         help="where the runs go (a rerun resumes them)")
     parser.add_argument("--adapter", type=Path, default=None,
                         help="a TokenSkip adapter whose runs (γ 1.0 and --ratios) join the table and the chart")
-    parser.add_argument("--ratio-format", choices=("eot", "token"), default="eot",
+    parser.add_argument("--ratio-format", choices=RATIO_FORMATS, default="eot",
                         help="how the adapter was trained to read γ (evaluation.py --ratio-format)")
     parser.add_argument("--label", default=None, help="the adapter's name in the report (default: TokenSkip)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
