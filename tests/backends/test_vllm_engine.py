@@ -31,6 +31,8 @@ from conftest import ROOT, SHARED_DATA
 
 from testkit.lf_adapters import train_adapter
 from tokenskip.backends.vllm import LATENCY_BASIS
+from tokenskip.evaluation import baselines
+from tokenskip.prompting import prompts
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 pytestmark = [pytest.mark.vllm,
@@ -193,8 +195,8 @@ def test_a_sweep_runs_on_one_engine(adapter_runs):
                         records(adapter_runs.root / "hf8", "Original/test"))
 
 
-# the baselines beyond the paper's two that run on the embedded model (NoThinking needs a thinking block:
-# tests/prompting/test_chat_models.py runs it on a tiny model with DeepSeek-R1's template)
+# the baselines beyond the paper's two that run on the embedded model (NoThinking needs a thinking block: see
+# `thinking_runs` below)
 BASELINE_RUNS = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "original",
                  "budget", "budget-prompt", "cod", "--baseline-ratios", "0.5"]
 BASELINE_FOLDERS = ("BudgetForcing/0.5", "BudgetPrompt/0.5", "ChainOfDraft")
@@ -228,6 +230,48 @@ def test_the_baselines_answer_alike_on_vllm_and_transformers(baseline_runs):
     prompts on the vLLM engine: the same outputs, forced ends and token counts as the transformers backend."""
     assert_same_baselines(baseline_runs / "vllm", baseline_runs / "hf")
     assert metrics(baseline_runs / "vllm", "BudgetForcing/0.5")["backend"] == "vllm"
+
+
+# NoThinking needs a model with a thinking block: the embedded model's weights under DeepSeek-R1's chat template
+# (what a user's R1 distill is to the toolkit: the template decides). Budget forcing beside it, at a budget given in
+# tokens: on this template its first phase is cut inside <think>, so the forced end is s1's end of thinking.
+THINKING_RUNS = ["--max_num_examples", ADAPTER_QUESTIONS, "--max_new_tokens", ADAPTER_TOKENS, "--runs", "nothinking",
+                 "budget", "--budget-tokens", "24"]
+THINKING_FOLDERS = ("NoThinking", "BudgetForcing/24tok")
+
+
+@pytest.fixture(scope="module")
+def thinking_runs(tmp_path_factory, smollm2_dir):
+    root = tmp_path_factory.mktemp("thinking")
+    model = root / "smollm2-r1-template"
+    model.mkdir()
+    for item in smollm2_dir.iterdir():  # the same weights and tokenizer, linked; only the template differs
+        if item.name != "chat_template.jinja":
+            (model / item.name).symlink_to(item.resolve())
+    (model / "chat_template.jinja").write_text((ROOT / "tests" / "chat_templates" /
+                                                "deepseek_r1_distill_qwen.jinja").read_text())
+    vllm_run(model, root / "vllm", *THINKING_RUNS, log=root / "vllm.log")
+    hf_run(model, root / "hf", *THINKING_RUNS, log=root / "hf.log")
+    return SimpleNamespace(root=root, model=model)
+
+
+def assert_same_thinking_runs(out: Path, reference: Path) -> None:
+    for folder in THINKING_FOLDERS:
+        assert_same_outputs(records(out, folder), records(reference, folder))
+    mine = records(out, "BudgetForcing/24tok")
+    assert [r.get("forced") for r in mine] == [r.get("forced") for r in records(reference, "BudgetForcing/24tok")]
+    assert all(r["output_tokens"] <= 24 + baselines.FORCED_ANSWER_TOKENS for r in mine)
+
+
+def test_nothinking_and_a_token_budget_answer_alike_on_vllm_and_transformers(thinking_runs):
+    """The thinking block prefilled as finished, and budget forcing's end of thinking, on the vLLM engine: the
+    transformers backend's outputs, question by question."""
+    assert_same_thinking_runs(thinking_runs.root / "vllm", thinking_runs.root / "hf")
+    for record in records(thinking_runs.root / "vllm", "NoThinking"):
+        assert record["prompt"].endswith(prompts.NO_THINKING_PREFILL)
+    forced = [r.get("forced") for r in records(thinking_runs.root / "vllm", "BudgetForcing/24tok")]
+    assert prompts.FORCED_THINKING_END in forced  # cut inside <think>: the thinking ended as s1 ends it
+    assert metrics(thinking_runs.root / "vllm", "NoThinking")["backend"] == "vllm"
 
 
 # ---------------------------------------------------------------- data parallel: one engine per rank
@@ -341,6 +385,15 @@ def test_the_baselines_on_ray_data(smollm2_dir, baseline_runs, tmp_path):
                log=tmp_path / "ray.log", timeout=1200)
     assert_same_baselines(out, baseline_runs / "vllm")
     assert metrics(out, "BudgetForcing/0.5")["backend"] == "ray"
+
+
+@needs_ray
+def test_nothinking_and_a_token_budget_on_ray_data(thinking_runs, tmp_path):
+    out = tmp_path / "ray"
+    evaluation(VLLM_PYTHON, thinking_runs.model, out, "--backend", "ray", "--enforce-eager", *THINKING_RUNS,
+               log=tmp_path / "ray.log", timeout=1200)
+    assert_same_thinking_runs(out, thinking_runs.root / "vllm")
+    assert metrics(out, "NoThinking")["backend"] == "ray"
 
 
 def test_vllms_ray_executor_on_the_cpu_build_is_a_one_line_error(smollm2_dir, tmp_path):
@@ -489,6 +542,17 @@ def test_the_baselines_on_a_served_model(server, smollm2_dir, baseline_runs):
                "--server-concurrency", "4", log=server.root / "served-baselines.log")
     assert_same_baselines(out, baseline_runs / "vllm")
     assert metrics(out, "BudgetForcing/0.5")["backend"] == "server"
+
+
+def test_nothinking_and_a_token_budget_on_a_served_model(server, smollm2_dir, thinking_runs):
+    """The client renders the thinking template and sends token ids; the server holds the same weights under the
+    embedded model's name."""
+    out = server.root / "served-thinking"
+    evaluation(sys.executable, thinking_runs.model, out, "--backend", "server", "--server-url", server.url,
+               "--served-model", str(smollm2_dir), *THINKING_RUNS, "--server-concurrency", "4",
+               log=server.root / "served-thinking.log")
+    assert_same_thinking_runs(out, thinking_runs.root / "vllm")
+    assert metrics(out, "NoThinking")["backend"] == "server"
 
 
 def test_a_model_the_server_does_not_serve_is_a_one_line_error(server, smollm2_dir, tmp_path):

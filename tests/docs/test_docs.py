@@ -166,6 +166,7 @@ def prefix_matches(documented: list[str], expected: tuple[str, ...]) -> bool:
 # ---------------------------------------------------------------- the outputs tree, from tokenskip.core.layout
 
 RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+BUDGETS = (64, 128, 256, 512, 1024)  # --budget-tokens values the docs may show
 
 
 @functools.cache
@@ -180,6 +181,8 @@ def model_tree() -> tuple[tuple[str, ...], ...]:
             for method in ("original", *layout.RATIO_METHODS) for ratio in RATIOS for split in ("train", "test")]
     runs += [layout.run_dir(base, method=method, ratio=1.0, data_type=split)
              for method in layout.RATIO_FREE_METHODS for split in ("train", "test")]
+    runs += [layout.run_dir(base, method=method, ratio=1.0, data_type=split, budget_tokens=tokens)
+             for method in layout.BUDGETED_METHODS for tokens in BUDGETS for split in ("train", "test")]
     for run in runs:
         samples = layout.samples_dir(run)
         paths += [samples / name for name in run_files]
@@ -251,7 +254,7 @@ def training_data_name() -> re.Pattern:
 
 SIZE = re.compile(r"^\d+(\.\d+)?[bBmM]$")
 # folders of outputs/ whose names the user picks (--output-dir): anything below them is theirs
-FREE_OUTPUTS = ("soft", "bench_control", "released-adapter")
+FREE_OUTPUTS = ("soft", "bench_control", "bench_baselines", "released-adapter")
 
 
 def check_output_path(word: str) -> str | None:

@@ -101,7 +101,35 @@ def test_each_baseline_has_its_folder_and_reads_back(method, ratio, folder, tmp_
     assert (where.method, where.ratio, where.data_type, where.group) == (method, ratio, "test", tmp_path / "7b")
 
 
+@pytest.mark.parametrize("method, folder", [
+    ("truncation", "Truncation/64tok"), ("budget", "BudgetForcing/64tok"), ("budget-prompt", "BudgetPrompt/64tok"),
+])
+def test_a_budget_in_tokens_has_its_folder_and_reads_back(method, folder, tmp_path):
+    run = layout.run_dir(tmp_path / "7b", method=method, ratio=1.0, data_type="test", budget_tokens=64)
+    assert run == tmp_path / "7b" / folder
+    where = layout.place(layout.samples_dir(run) / layout.METRICS)
+    assert (where.method, where.ratio, where.budget_tokens, where.data_type) == (method, 1.0, 64, "test")
+    train = layout.run_dir(tmp_path / "7b", method=method, ratio=1.0, data_type="train", budget_tokens=64)
+    assert layout.place(layout.samples_dir(train) / layout.METRICS).data_type == "train"
+
+
+def test_only_budgeted_baselines_are_filed_by_tokens(tmp_path):
+    with pytest.raises(ValueError, match="budgeted baseline"):
+        layout.run_dir(tmp_path, method="prompt", ratio=1.0, data_type="test", budget_tokens=64)
+    # a folder named like a budget under a method that takes none is not a run of it
+    assert layout.place(tmp_path / "TokenSkip" / "64tok" / "samples" / layout.METRICS) is None
+    assert layout.place(tmp_path / "BudgetForcing" / "tok" / "samples" / layout.METRICS) is None
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--baseline", "cod", "--budget-tokens", "8"], "use it with --baseline truncation or budget or budget-prompt.*"
+                                                    "cod takes none"),
+    (["--budget-tokens", "8"], "use it with --baseline truncation"),
+    (["--baseline", "budget", "--compression_ratio", "0.5", "--budget-tokens", "8"], "drop --compression_ratio"),
+    (["--baseline", "budget", "--budget-tokens", "0"], "1 token or more"),
+    (["--runs", "original", "cod", "--budget-tokens", "8"], "add one of them to --runs"),
+    (["--runs", "original", "budget", "prompt", "--budget-tokens", "8"], "--runs prompt: these baselines run at "
+                                                                         "ratios below 1"),
     (["--baseline", "cod", "--compression_ratio", "0.5"], "--baseline cod takes no γ"),
     (["--baseline", "budget"], "--baseline budget runs the base model at ratios below 1"),
     (["--runs", "original", "budget"], "these baselines run at ratios below 1"),
@@ -151,6 +179,40 @@ def test_one_sweep_runs_every_baseline_with_the_budget_of_the_original(tiny_lm_d
     assert "### Accuracy against CoT tokens: the Pareto frontier" in text and "| Chain-of-Draft | – |" in text
 
 
+def test_budgets_given_in_tokens_need_no_original_run_and_get_their_own_rows(tiny_lm_dir, tmp_path):
+    alone, tmp_path = tmp_path / "alone", tmp_path / "sweep"
+    metrics = evaluate.main(cli_args(tiny_lm_dir, tmp_path, *COMMON, "--runs", "truncation", "budget",
+                                     "budget-prompt", "--budget-tokens", "5", "9"))
+    assert [(m["method"], m["budget_tokens"], m["budget"]) for m in metrics] == [
+        ("truncation", 5, 5), ("truncation", 9, 9), ("budget", 5, 5), ("budget", 9, 9), ("budget-prompt", 5, 5),
+        ("budget-prompt", 9, 9)]
+    assert not (tmp_path / "tiny" / "Original").exists()  # the budget is given: no base-model run is asked for
+    for tokens in (5, 9):
+        settings = json.loads((samples(tmp_path, f"BudgetForcing/{tokens}tok") / layout.RUN_SETTINGS).read_text())
+        assert (settings["budget_tokens"], settings["budget"], settings["max_new_tokens"]) == (tokens, tokens, tokens)
+        for record in read_lines(samples(tmp_path, f"BudgetForcing/{tokens}tok") / layout.PREDICTIONS):
+            assert record["output_tokens"] <= tokens + baselines.FORCED_ANSWER_TOKENS
+        for record in read_lines(samples(tmp_path, f"Truncation/{tokens}tok") / layout.PREDICTIONS):
+            assert record["output_tokens"] <= tokens
+        [prompted] = read_lines(samples(tmp_path, f"BudgetPrompt/{tokens}tok") / layout.PREDICTIONS)[:1]
+        assert f"use less than {tokens} tokens:" in prompted["prompt"]
+    # one baseline alone at one budget: the same outputs as in the sweep
+    evaluate.main(cli_args(tiny_lm_dir, alone, *COMMON, "--baseline", "budget", "--budget-tokens", "5"))
+    assert (samples(alone, "BudgetForcing/5tok") / layout.PREDICTIONS).read_bytes() == (
+        samples(tmp_path, "BudgetForcing/5tok") / layout.PREDICTIONS).read_bytes()
+    # the report: a row per budget, its target the budget; no γ adherence for them; named so on the frontier
+    from tokenskip.stages import report
+
+    [table] = report.main([str(tmp_path)])
+    assert [(row.method_id, row.target) for row in table.rows] == [
+        ("truncation", "9 tok"), ("truncation", "5 tok"), ("budget", "9 tok"), ("budget", "5 tok"),
+        ("budget-prompt", "9 tok"), ("budget-prompt", "5 tok")]
+    assert table.adherence == []
+    assert {f"{point.method} {point.target}" for point in table.frontier} >= {"Budget forcing 5 tok",
+                                                                               "Truncation 9 tok"}
+    assert "| Budget forcing | 5 tok |" in (tmp_path / "results.md").read_text()
+
+
 def test_budget_forcing_shards_merge_to_the_unsharded_run(tiny_lm_dir, tmp_path):
     common = [*COMMON, "--max_num_examples", "6"]
     evaluate.main(cli_args(tiny_lm_dir, tmp_path / "one", *common))
@@ -180,3 +242,9 @@ def test_the_pareto_frontier_names_what_dominates_each_row():
     assert points == {("budget", "0.5"): None, ("truncation", "0.5"): "budget 0.5", ("tokenskip", "0.5"): None,
                       ("original", "1"): "tokenskip 0.5", ("cod", "–"): "tokenskip 0.5"}
     assert [p.cot_tokens for p in pareto(rows)] == [50, 50, 60, 100, 120]
+    # a run at a budget given in tokens is named by it
+    rows.append(Row(method="budget", ratio=1.0, accuracy=55, accuracy_change=None, cot_tokens=40, actual_ratio=None,
+                    latency=None, speedup=None, n_samples=10, path="", method_id="budget", budget_tokens=32))
+    points = {(p.method, p.target): p.dominated_by for p in pareto(rows)}
+    assert points[("budget", "32 tok")] is None and points[("tokenskip", "0.5")] == "budget 32 tok"
+

@@ -104,6 +104,10 @@ def test_eval_sh_default_ratio_is_untagged_for_the_base_model(fake, tmp_path):
         assert values_of(call, "--compression_ratio") == ["1.0"] and values_of(call, "--baseline") == [no_ratio]
     result, [call] = fake("eval.sh", USE_ADAPTER="0", COMPRESSION_RATIO="0.7")
     assert values_of(call, "--compression_ratio") == ["0.7"]
+    # a budget given in tokens replaces γ: the untagged 1.0 (which evaluation.py asks of it), the budgets word by word
+    result, [call] = fake("eval.sh", USE_ADAPTER="0", BASELINE="budget", BUDGET_TOKENS="64 128")
+    assert values_of(call, "--compression_ratio") == ["1.0"]
+    assert values_of(call, "--budget-tokens") == ["64", "128"]
 
 
 # --- RATIOS, in every driver that takes it ----------------------------------------------------

@@ -7,6 +7,7 @@ The original TokenSkip layout, kept so that existing trees and scripts keep work
     {output-dir}/{model-size}/TokenSkip/{γ}/samples/                the adapter at γ (stage 5; .../train/ on train)
     {output-dir}/{model-size}/{Truncation|PromptReduction}/{γ}/samples/   the paper's baselines
     {output-dir}/{model-size}/{BudgetForcing|BudgetPrompt}/{γ}/samples/    budget baselines (γ x the base CoT)
+    {output-dir}/{model-size}/{Truncation|BudgetForcing|BudgetPrompt}/{N}tok/samples/   at a budget of N tokens
     {output-dir}/{model-size}/{ChainOfDraft|NoThinking}/samples/          baselines that take no γ
     {output-dir}/{model-size}/{Compression|NER_Enhanced_Compression|CTS_Compression}/
                                                                      stage 2's ratio files, per method
@@ -35,6 +36,10 @@ RUN_FOLDERS = {"original": "Original", "tokenskip": "TokenSkip", "truncation": "
 # methods with a folder per γ ({folder}/{γ}/samples/); the methods that take no γ have one ({folder}/samples/)
 RATIO_METHODS = ("tokenskip", "truncation", "prompt", "budget", "budget-prompt")
 RATIO_FREE_METHODS = ("cod", "nothinking")
+# the baselines that take a token budget (γ x the base model's mean CoT tokens, or N given in tokens)
+BUDGETED_METHODS = ("truncation", "budget", "budget-prompt")
+# a budgeted baseline given its budget in tokens (--budget-tokens N) instead of γ: {folder}/{N}tok/samples/
+BUDGET_FOLDER = "{tokens}tok"
 METHOD_OF_FOLDER = {folder: method for method, folder in RUN_FOLDERS.items()}
 # stage 2's output folder per compression method (next to Original/)
 COMPRESSION_FOLDERS = {"llmlingua2": "Compression", "ner": "NER_Enhanced_Compression", "cts": "CTS_Compression",
@@ -78,9 +83,16 @@ def default_model_dir(benchmark: str, model_size: str) -> Path:
     return model_dir(DEFAULT_OUTPUT_DIR.format(benchmark=benchmark), model_size)
 
 
-def run_dir(model_folder: Path, *, method: str, ratio: float, data_type: str) -> Path:
+def run_dir(model_folder: Path, *, method: str, ratio: float, data_type: str,
+            budget_tokens: int | None = None) -> Path:
     """A run's folder (its files are in `samples/` below it). `method` is a RUN_FOLDERS key, or
-    "ratio-tag" for the base model with a γ tag; train-split adapter runs get their own folder."""
+    "ratio-tag" for the base model with a γ tag; train-split adapter runs get their own folder. A baseline
+    given a budget in tokens (`budget_tokens`) is filed by that budget instead of γ."""
+    if budget_tokens is not None:
+        if method not in BUDGETED_METHODS:
+            raise ValueError(f"a token budget files a budgeted baseline's run, not a {method} run")
+        folder = model_folder / RUN_FOLDERS[method] / BUDGET_FOLDER.format(tokens=budget_tokens)
+        return folder / "train" if data_type == "train" else folder
     if method in RATIO_METHODS:
         folder = model_folder / RUN_FOLDERS[method] / ratio_tag(ratio)
         return folder / "train" if data_type == "train" else folder
@@ -154,8 +166,9 @@ class Place:
 
     group: Path  # the `{output-dir}/{model-size}` folder holding the method folders
     method: str  # a RUN_FOLDERS key, or "ratio-tag"
-    ratio: float
+    ratio: float  # 1.0 for the methods without γ and for runs at a token budget
     data_type: str | None  # "train", "test", or None when the path does not say
+    budget_tokens: int | None = None  # a baseline run at a budget given in tokens ({N}tok/)
 
 
 def place(metrics_path: Path) -> Place | None:
@@ -176,11 +189,23 @@ def place(metrics_path: Path) -> Place | None:
     if method in RATIO_FREE_METHODS:
         split = "train" if rest[:1] == ("train",) else ("test" if rest[:1] == (SAMPLES,) else None)
         return Place(group, method, 1.0, split)
+    split = "train" if "train" in rest[1:] else ("test" if rest[1:2] == (SAMPLES,) else None)
+    tokens = _budget_tokens(rest[0]) if rest and method in BUDGETED_METHODS else None
+    if tokens is not None:
+        return Place(group, method, 1.0, split, budget_tokens=tokens)
     ratio = _float(rest[0]) if rest else None
     if ratio is None:
         return None
-    split = "train" if "train" in rest[1:] else ("test" if rest[1:2] == (SAMPLES,) else None)
     return Place(group, method, ratio, split)
+
+
+def _budget_tokens(part: str) -> int | None:
+    """N from a `{N}tok` folder name (BUDGET_FOLDER); None for any other name."""
+    prefix, suffix = BUDGET_FOLDER.split("{tokens}")
+    digits = part.removeprefix(prefix).removesuffix(suffix)
+    if not (part.startswith(prefix) and part.endswith(suffix) and digits.isdigit()):
+        return None
+    return int(digits)
 
 
 def _float(text: str) -> float | None:
@@ -203,13 +228,16 @@ def outputs_readme() -> str:
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['prompt']}/<γ>/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['budget']}/<γ>/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['budget-prompt']}/<γ>/{SAMPLES}/",
+            f"outputs/<model>/<benchmark>/<size>/<{RUN_FOLDERS['truncation']}|{RUN_FOLDERS['budget']}|"
+            f"{RUN_FOLDERS['budget-prompt']}>/{BUDGET_FOLDER.format(tokens='<N>')}/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['cod']}/{SAMPLES}/",
             f"outputs/<model>/<benchmark>/<size>/{RUN_FOLDERS['nothinking']}/{SAMPLES}/"]
     notes = ["the base model, γ = 1 (stage 1 on train, stage 5 on test)", "the base model with the γ tag in the prompt",
              "with a LoRA adapter at γ, test split", "with a LoRA adapter at γ, train split",
              "baseline: the output cut at γ x the base model's CoT length", "baseline: the prompt asks for fewer words",
              "baseline: budget forcing, the CoT ended at that budget and the answer forced",
-             "baseline: the prompt states that budget in tokens", "baseline: Chain-of-Draft's prompt",
+             "baseline: the prompt states that budget in tokens",
+             "the same three at a budget given in tokens (--budget-tokens N)", "baseline: Chain-of-Draft's prompt",
              "baseline: reasoning models, the thinking block prefilled as finished"]
     width = max(map(len, runs)) + 2
     compression = [f"outputs/<model>/<benchmark>/<size>/{folder}/" for folder in COMPRESSION_FOLDERS.values()]

@@ -7,7 +7,8 @@ forced), Chain-of-Draft and TALE-EP's token-budget prompt (prompts only), and No
 model's thinking block prefilled as finished). Their exact strings live in tokenskip/prompting/prompts.py.
 
 A budgeted baseline's budget at γ is round(γ x the base model's mean CoT tokens on the same split), as the
-paper derives truncation's, so that all of them compare at the same token counts.
+paper derives truncation's, so that all of them compare at the same token counts; or N tokens given
+(--budget-tokens N), which needs no base-model run and is filed by N ({folder}/{N}tok/).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from tokenskip.backends import Completion
 from tokenskip.core.errors import UsageError
-from tokenskip.core.layout import RATIO_FREE_METHODS
+from tokenskip.core.layout import BUDGETED_METHODS, RATIO_FREE_METHODS
 from tokenskip.prompting import prompts, thinking
 
 
@@ -25,9 +26,14 @@ class Baseline:
     name: str  # --baseline's value, the run's method (layout.RUN_FOLDERS names its folder)
     about: str  # one line for --help
     source: str  # where it comes from
-    budgeted: bool = False  # takes the budget round(γ x the base model's mean CoT tokens): needs that run first
     caps_generation: bool = False  # the budget is the generation's token cap (its first phase, for budget forcing)
     thinking_only: bool = False  # only for models with a thinking block
+
+    @property
+    def budgeted(self) -> bool:
+        """Takes a token budget: round(γ x the base model's mean CoT tokens), which needs that run first, or N
+        tokens given (--budget-tokens)."""
+        return self.name in BUDGETED_METHODS
 
     @property
     def takes_ratio(self) -> bool:
@@ -37,18 +43,18 @@ class Baseline:
 
 TABLE: dict[str, Baseline] = {baseline.name: baseline for baseline in (
     Baseline("truncation", "the output cut at the budget, answer included", "TokenSkip, arXiv 2502.12067",
-             budgeted=True, caps_generation=True),
+             caps_generation=True),
     Baseline("prompt", "the prompt asks for (1-γ) fewer words", "TokenSkip, arXiv 2502.12067"),
     Baseline("budget", "budget forcing: the CoT (or thinking) ended at the budget, then the answer forced",
-             "s1, arXiv 2501.19393", budgeted=True, caps_generation=True),
-    Baseline("budget-prompt", "the prompt asks for fewer than the budget's tokens", "TALE-EP, arXiv 2412.18547",
-             budgeted=True),
+             "s1, arXiv 2501.19393", caps_generation=True),
+    Baseline("budget-prompt", "the prompt asks for fewer than the budget's tokens", "TALE-EP, arXiv 2412.18547"),
     Baseline("cod", "Chain-of-Draft's prompt: a few words per step (no γ)", "Chain-of-Draft, arXiv 2502.18600"),
     Baseline("nothinking", "reasoning models: the thinking block prefilled as finished (no γ)",
              "NoThinking, arXiv 2504.09858", thinking_only=True),
 )}
 NAMES = tuple(TABLE)
 WITH_RATIO = tuple(name for name, baseline in TABLE.items() if baseline.takes_ratio)
+BUDGETED = tuple(name for name, baseline in TABLE.items() if baseline.budgeted)
 # budget forcing's second phase: the most tokens the forced answer may take (a boxed number, or a thinking
 # model's short answer section); recorded in run.json as answer_tokens
 FORCED_ANSWER_TOKENS = 64

@@ -74,6 +74,8 @@ class EvalConfig:
     server_prompt: str = "ids"
     runs: tuple[str, ...] | None = None  # --runs: several methods in one call (plan() lists its runs)
     baseline_ratios: tuple[float, ...] = ()
+    budgets: tuple[int, ...] = ()  # --budget-tokens: the budgeted baselines' budgets, given in tokens
+    budget_tokens: int | None = None  # this run's budget given in tokens (a config made by at_budget())
     shards: ShardPlan = ShardPlan()  # --num-shards / --shard-index / --merge-shards
     data_parallel_size: int = 1  # vllm/hf: ranks (processes) on this node; ray: engine replicas in the cluster
     pipeline_parallel_size: int = 1
@@ -96,6 +98,7 @@ class EvalConfig:
         if backend == "server" and args.adapter_path and adapter_runs and not args.served_adapter:
             raise UsageError("with --backend server the adapter is the server's: name it with --served-adapter")
         runs, baseline_ratios = cls.check_runs(args)
+        budgets = cls.check_budgets(args)
         if args.max_new_tokens <= 0:
             raise UsageError(f"--max_new_tokens must be positive, got {args.max_new_tokens}")
         if args.eval_batch_size is not None and args.eval_batch_size <= 0:
@@ -107,7 +110,8 @@ class EvalConfig:
                              f"got {args.max_num_examples}")
         if args.baseline and args.use_adapter:
             raise UsageError(f"--baseline {args.baseline} runs the base model: drop --use_adapter")
-        if args.baseline and baselines.TABLE[args.baseline].takes_ratio and max(args.compression_ratio) >= 1.0:
+        if args.baseline and baselines.TABLE[args.baseline].takes_ratio and not budgets \
+                and max(args.compression_ratio) >= 1.0:
             raise UsageError(f"--baseline {args.baseline} runs the base model at ratios below 1: "
                              "pass --compression_ratio values < 1")
         if args.baseline and not baselines.TABLE[args.baseline].takes_ratio and args.compression_ratio != [1.0]:
@@ -131,11 +135,12 @@ class EvalConfig:
             raise UsageError("--use_adapter needs --adapter-path pointing at a LoRA adapter folder")
         shards = cls.check_scaling(args)
         values = {field.name: getattr(args, field.name) for field in fields(cls)
-                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios", "shards")}
+                  if field.name not in ("ratios", "adapter_path", "backend", "runs", "baseline_ratios", "shards",
+                                        "budgets", "budget_tokens")}
         adapter = args.use_adapter or (runs is not None and "tokenskip" in runs)
         return cls(**values, ratios=tuple(dict.fromkeys(args.compression_ratio)),
                    adapter_path=args.adapter_path if adapter else None,
-                   backend=backend, runs=runs, baseline_ratios=baseline_ratios, shards=shards)
+                   backend=backend, runs=runs, baseline_ratios=baseline_ratios, shards=shards, budgets=budgets)
 
     @staticmethod
     def check_scaling(args) -> ShardPlan:
@@ -176,17 +181,41 @@ class EvalConfig:
         if args.use_adapter and "tokenskip" not in runs:
             raise UsageError("--use_adapter with --runs: add tokenskip to --runs for the adapter's runs")
         ratios = tuple(dict.fromkeys(args.baseline_ratios or [r for r in args.compression_ratio if r < 1.0]))
-        with_ratio = [method for method in runs if method in baselines.WITH_RATIO]
+        # with --budget-tokens the budgeted baselines run at those budgets; the others that take γ still need one
+        with_ratio = [method for method in runs if method in baselines.WITH_RATIO
+                      and not (args.budget_tokens and method in baselines.BUDGETED)]
         if with_ratio and (not ratios or max(ratios) >= 1.0):
             raise UsageError(f"--runs {' '.join(with_ratio)}: these baselines run at ratios below 1; give them with "
                              "--baseline-ratios (or --compression_ratio values < 1)")
         return runs, ratios
 
+    @staticmethod
+    def check_budgets(args) -> tuple[int, ...]:
+        """--budget-tokens, checked: the budgets, each a run folder of every budgeted baseline in the call."""
+        if not args.budget_tokens:
+            return ()
+        budgeted = ", ".join(baselines.BUDGETED)
+        if any(tokens < 1 for tokens in args.budget_tokens):
+            raise UsageError(f"--budget-tokens takes budgets of 1 token or more, got {args.budget_tokens}")
+        if args.runs is not None:
+            if not any(method in baselines.BUDGETED for method in args.runs):
+                raise UsageError(f"--budget-tokens sets the budget of {budgeted}: add one of them to --runs")
+        elif args.baseline not in baselines.BUDGETED:
+            raise UsageError(f"--budget-tokens sets the budget of a budgeted baseline: use it with --baseline "
+                             f"{' or '.join(baselines.BUDGETED)} (or --runs with one of them)"
+                             + (f"; {args.baseline} takes none" if args.baseline else ""))
+        elif args.compression_ratio != [1.0]:
+            raise UsageError(f"--baseline {args.baseline} --budget-tokens: the budget is given in tokens, not "
+                             "derived from γ; drop --compression_ratio (or drop --budget-tokens)")
+        return tuple(dict.fromkeys(args.budget_tokens))
+
     def plan(self) -> list[EvalConfig]:
         """The runs of this call, one config each (one ratio, one folder), in the order they run."""
         if self.runs is None:
+            if self.budgets:
+                return [self.at_budget(tokens) for tokens in self.budgets]
             return [self.at(ratio) for ratio in self.ratios]
-        base = replace(self, runs=None, adapter_path=None, baseline=None, label=None, baseline_ratios=())
+        base = replace(self, runs=None, adapter_path=None, baseline=None, label=None, baseline_ratios=(), budgets=())
         planned = []
         for method in self.runs:
             if method == "original":
@@ -194,6 +223,8 @@ class EvalConfig:
             elif method == "tokenskip":
                 planned += [replace(base, adapter_path=self.adapter_path, label=self.label).at(ratio)
                             for ratio in self.ratios]
+            elif self.budgets and baselines.TABLE[method].budgeted:
+                planned += [replace(base, baseline=method).at_budget(tokens) for tokens in self.budgets]
             elif baselines.TABLE[method].takes_ratio:
                 planned += [replace(base, baseline=method).at(ratio) for ratio in self.baseline_ratios]
             else:  # Chain-of-Draft, NoThinking: once, without γ
@@ -207,6 +238,11 @@ class EvalConfig:
 
     def at(self, ratio: float) -> EvalConfig:
         return replace(self, ratios=(ratio,))
+
+    def at_budget(self, tokens: int) -> EvalConfig:
+        """The same call's budgeted baseline at a budget of `tokens`: a run without γ (its ratio is 1.0, as for the
+        methods that take none), filed by its budget."""
+        return replace(self, ratios=(1.0,), budgets=(), budget_tokens=tokens)
 
     @property
     def ratio(self) -> float:
@@ -243,6 +279,7 @@ class RunSettings:
     ratio_format: str = "eot"  # prompts.RATIO_FORMATS: the tag's spelling changes every tagged prompt
     budget: int | None = None  # a budgeted baseline's token budget (baselines.py); None: none
     answer_tokens: int | None = None  # budget forcing: the forced answer's most tokens
+    budget_tokens: int | None = None  # the budget as given (--budget-tokens); None: derived from γ, or none
 
 
 RATIO_TOKEN_BACKEND = ("--ratio-format token: the adapter trains the embeddings of the added tokens, which "
@@ -252,13 +289,13 @@ RATIO_TOKEN_BACKEND = ("--ratio-format token: the adapter trains the embeddings 
 # the value shown (None: not recorded then, so it cannot be checked, and it is filled in now).
 LEGACY_SETTINGS = {"data_sha256": None, "overlong": "warn", "n_samples": 1, "system": None, "thinking": "auto",
                    "question_field": "", "answer_field": "", "adapter_sha256": None,
-                   "ratio_format": "eot", "budget": None, "answer_tokens": None}
+                   "ratio_format": "eot", "budget": None, "answer_tokens": None, "budget_tokens": None}
 
 
 def run_dir(config: EvalConfig) -> Path:
     """The original layout; train-split adapter runs and γ-tagged base runs get their own folder."""
     return layout.run_dir(layout.model_dir(config.output_dir, config.model_size), method=config.method,
-                          ratio=config.ratio, data_type=config.data_type)
+                          ratio=config.ratio, data_type=config.data_type, budget_tokens=config.budget_tokens)
 
 
 def original_run_metrics(config: EvalConfig) -> dict:
@@ -272,9 +309,12 @@ def original_run_metrics(config: EvalConfig) -> dict:
 
 
 def baseline_budget(config: EvalConfig) -> int | None:
-    """A budgeted baseline's token budget at its γ: round(γ x the base model's mean CoT tokens), at least 1."""
+    """A budgeted baseline's token budget: the one given in tokens, else at its γ round(γ x the base model's mean CoT
+    tokens), at least 1."""
     if not config.baseline or not baselines.TABLE[config.baseline].budgeted:
         return None
+    if config.budget_tokens is not None:
+        return config.budget_tokens
     return max(1, round(config.ratio * original_run_metrics(config)["avg_cot_length"]))
 
 

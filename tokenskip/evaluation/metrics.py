@@ -44,7 +44,8 @@ def summarize(records: list[dict], *, primary: str, total_seconds: float | None,
 
 def thinking_summary(records: list[dict]) -> dict | None:
     """Thinking and answer tokens apart, for runs of a reasoning model (records with `thinking_tokens`);
-    `n_unfinished`: outputs that hit the token limit inside <think> (no answer, graded incorrect)."""
+    `n_unfinished`: outputs that ended inside <think>, at the token limit or by stopping there (no answer, graded
+    incorrect)."""
     thinking = [r for r in records if "thinking_tokens" in r]
     if not thinking:
         return None

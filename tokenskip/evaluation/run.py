@@ -174,8 +174,7 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
     print(f"Evaluating {shared.model_path} on {config.benchmark}/{config.data_type} ({len(examples)} questions"
           + (f", {shard} of {len(job.examples)}" if shard else "") + ")"
           + (f" with adapter {config.adapter_path}, γ={config.ratio}" if config.adapter_path else "")
-          + (f", {config.baseline} baseline" + (f" at γ={config.ratio}" if baselines.TABLE[config.baseline].takes_ratio
-                                                 else "") if config.baseline else ""))
+          + (f", {config.baseline} baseline" + _baseline_target(config) if config.baseline else ""))
 
     with AppendLog(samples_dir / PREDICTIONS) as log, AppendLog(samples_dir / GENERATION_LOG) as timing:
         done = {record["id"] for record in log.records}
@@ -236,6 +235,13 @@ def claim_shard(folder: Path, shard: Shard, job: Job) -> None:
         write_json_atomic(path, {**recorded, "shard": wanted})
 
 
+def _baseline_target(config: EvalConfig) -> str:
+    """" at γ=0.5", " at a budget of 64 tokens", or "" for a baseline without either."""
+    if config.budget_tokens is not None:
+        return f" at a budget of {config.budget_tokens} tokens"
+    return f" at γ={config.ratio}" if baselines.TABLE[config.baseline].takes_ratio else ""
+
+
 def shard_record(shard: Shard, job: Job) -> dict:
     return {"index": shard.index, "num_shards": shard.count, "chunk_size": job.chunk_size,
             "by": "batch" if job.shard_by_batch else "question", "n_questions": len(job.examples)}
@@ -258,6 +264,7 @@ def run_settings(config: EvalConfig, shared: SharedModel) -> RunSettings:
         ratio_format=config.ratio_format,
         budget=budget,
         answer_tokens=baselines.FORCED_ANSWER_TOKENS if config.baseline == "budget" else None,
+        budget_tokens=config.budget_tokens,
     )
 
 
@@ -523,6 +530,8 @@ def run_description(settings: RunSettings, config: EvalConfig, backend_name: str
         "method": run_method(settings),
         "label": config.label,
         "compression_ratio": settings.compression_ratio,
+        "budget": settings.budget,  # a budgeted baseline's token budget (None: none)
+        "budget_tokens": settings.budget_tokens,  # set when the budget was given in tokens rather than by γ
         "use_adapter": settings.adapter_path is not None,
         "model_path": settings.model_path,
         "adapter_path": settings.adapter_path,

@@ -24,5 +24,5 @@ def print_summary(metrics: dict, predictions: Path, metrics_path: Path) -> None:
     if think:
         answer = f"{think['mean_answer_tokens']:.1f}" if think["mean_answer_tokens"] is not None else "-"
         print(f"thinking outputs: {think['n']} (thinking {think['mean_thinking_tokens']:.1f} tokens on average, answer "
-              f"{answer}); {think['n_unfinished']} ran out of tokens inside <think> (no answer, graded incorrect)")
+              f"{answer}); {think['n_unfinished']} ended inside <think> (no answer, graded incorrect)")
     print(f"wrote {predictions} and {metrics_path}")

@@ -51,18 +51,20 @@ def plot(tables: Sequence[Table], path: Path) -> int:
     points = 0
     labels = []
     for axis, table in zip(axes[0], tables):
-        by_method: dict[str, list[Row]] = {}
+        # one line per method and kind of target: a baseline's runs by γ and its runs at token budgets apart
+        by_method: dict[tuple[str, bool], list[Row]] = {}
         for row in table.rows:
-            by_method.setdefault(row.method, []).append(row)
-        for method, rows in by_method.items():
-            rows = sorted(rows, key=lambda row: -row.ratio)
+            by_method.setdefault((row.method, row.budget_tokens is not None), []).append(row)
+        for (method, by_tokens), rows in by_method.items():
+            rows = sorted(rows, key=lambda row: -(row.budget_tokens or 0) if by_tokens else -row.ratio)
             xs, ys = [row.cot_tokens for row in rows], [row.accuracy for row in rows]
             if method == table.original:
                 axis.scatter(xs, ys, marker="*", s=260, color="black", zorder=3, label=method)
-            elif not rows[0].takes_ratio:  # one run, no γ: a point, named in the legend
+            elif not by_tokens and not rows[0].takes_ratio:  # one run, no γ: a point, named in the legend
                 axis.plot(xs, ys, marker="D", linestyle="none", zorder=3, label=method)
             else:
-                axis.plot(xs, ys, marker="o", label=method)
+                axis.plot(xs, ys, marker="s" if by_tokens else "o", linestyle=":" if by_tokens else "-",
+                          label=f"{method} (token budgets)" if by_tokens else method)
                 for spot, ratios in label_spots(rows, table.rows):
                     labels.append(axis.annotate("/".join(ratios), spot, textcoords="offset points", xytext=(4, 4),
                                                 fontsize=8))

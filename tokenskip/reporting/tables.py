@@ -80,15 +80,25 @@ class Row:
     adapter_path: str | None = None
     method_id: str | None = None  # the layout's method (original, tokenskip, ...), whatever the label
     max_new_tokens: int | None = None  # the run's token cap, where metrics.json records it
+    budget_tokens: int | None = None  # a baseline run at a budget given in tokens (--budget-tokens)
 
     @property
     def takes_ratio(self) -> bool:
-        """False for the methods that run without γ (Chain-of-Draft, NoThinking): no target, no adherence."""
-        return self.method_id not in RATIO_FREE_METHODS
+        """False for the methods that run without γ (Chain-of-Draft, NoThinking) and for runs at a budget given in
+        tokens: no γ target, no adherence."""
+        return self.method_id not in RATIO_FREE_METHODS and self.budget_tokens is None
 
     @property
     def target(self) -> str:
+        """The row's target as the tables show it: γ, a token budget ("64 tok"), or "–" for none."""
+        if self.budget_tokens is not None:
+            return f"{self.budget_tokens} tok"
         return f"{self.ratio:g}" if self.takes_ratio else "–"
+
+    @property
+    def name(self) -> str:
+        """The row as one name: its method and target ("Budget forcing 0.5", "Budget forcing 64 tok")."""
+        return self.method if self.target == "–" else f"{self.method} {self.target}"
 
 
 @dataclass
@@ -97,7 +107,7 @@ class FrontierPoint:
     accurate or more with as few CoT tokens or fewer, better in one of the two)."""
 
     method: str
-    target: str  # the row's γ, "–" for methods without one
+    target: str  # the row's γ or token budget, "–" for methods without one
     cot_tokens: float
     accuracy: float
     dominated_by: str | None  # "method γ" of the row that dominates it (the most accurate such); None: on it
@@ -209,6 +219,7 @@ class Run:
     ratio: float
     metrics: dict
     path: Path
+    budget_tokens: int | None = None  # a baseline run at a budget given in tokens
 
 
 def describe(metrics_path: Path) -> Run | None:
@@ -231,7 +242,8 @@ def describe(metrics_path: Path) -> Run | None:
         return None  # an old run outside the layout says nothing of its γ
     group = where.group if where is not None else metrics_path.parent.parent
     label = metrics.get("label") or METHOD_NAMES.get(method, method)
-    return Run(group, method, label, ratio, metrics, metrics_path)
+    budget_tokens = metrics.get("budget_tokens", where.budget_tokens if where is not None else None)
+    return Run(group, method, label, ratio, metrics, metrics_path, budget_tokens)
 
 
 def unfinished_runs(root: Path) -> dict[Path, list[Unfinished]]:
@@ -412,8 +424,8 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     original_label = original_run.label if original_run else None
     questions = {run.path: read_questions(run) for run in runs}
     # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything); a method without γ has none
-    at_one = {run.label: run for run in runs
-              if run.method != "original" and run.ratio == 1.0 and run.method not in RATIO_FREE_METHODS}
+    at_one = {run.label: run for run in runs if run.method != "original" and run.ratio == 1.0
+              and run.method not in RATIO_FREE_METHODS and run.budget_tokens is None}
     training = read_training_ratios(group, root)
     rows = []
     for run in runs:
@@ -425,7 +437,9 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
                          questions[run.path], theirs, own_one, train_data))
     order = {run.label: list(METHOD_NAMES).index(run.method) if run.method in METHOD_NAMES else len(METHOD_NAMES)
              for run in runs}
-    rows.sort(key=lambda row: (order[row.method], row.method, -row.ratio))
+    # γ runs by falling γ, then the runs at token budgets by falling budget
+    rows.sort(key=lambda row: (order[row.method], row.method, row.budget_tokens is not None, -row.ratio,
+                               -(row.budget_tokens or 0)))
     benchmark = next((run.metrics["benchmark"] for run in runs if run.metrics.get("benchmark")), None) \
         or _benchmark_of(group)
     series: dict[str, list[Row]] = {}
@@ -443,9 +457,6 @@ def make_table(group: Path, runs: list[Run], root: Path) -> Table:
 def pareto(rows: list[Row]) -> list[FrontierPoint]:
     """Every row placed against the others on accuracy and mean CoT tokens (fewest tokens first): which are on the
     Pareto frontier, and, for each that is not, the most accurate row that dominates it."""
-    def name(row: Row) -> str:
-        return f"{row.method} {row.target}" if row.takes_ratio else row.method
-
     points = []
     for row in sorted(rows, key=lambda r: (r.cot_tokens, -r.accuracy)):
         better = [other for other in rows if other is not row and other.accuracy >= row.accuracy
@@ -453,15 +464,18 @@ def pareto(rows: list[Row]) -> list[FrontierPoint]:
                   and (other.accuracy > row.accuracy or other.cot_tokens < row.cot_tokens)]
         best = max(better, key=lambda r: (r.accuracy, -r.cot_tokens), default=None)
         points.append(FrontierPoint(method=row.method, target=row.target, cot_tokens=row.cot_tokens,
-                                    accuracy=row.accuracy, dominated_by=name(best) if best else None))
+                                    accuracy=row.accuracy, dominated_by=best.name if best else None))
     return points
 
 
 def beside_paper(rows: list[Row], published: PublishedTable) -> PaperComparison | None:
     """The rows the paper has a number for (same method, same γ), each beside it; None when none has."""
-    at_one = {row.method: row.cot_tokens for row in rows if row.method_id != "original" and row.ratio == 1.0}
+    at_one = {row.method: row.cot_tokens for row in rows
+              if row.method_id != "original" and row.ratio == 1.0 and row.budget_tokens is None}
     paired = []
     for row in rows:
+        if row.budget_tokens is not None:  # the paper's runs are by γ
+            continue
         theirs = published.find(row.method_id, row.ratio) if row.method_id else None
         if theirs is None:
             continue
@@ -523,6 +537,7 @@ def _row(run: Run, original: dict | None, root: Path, mine, theirs, own_one, tra
         adapter_path=metrics.get("adapter_path"),
         method_id=run.method,
         max_new_tokens=decoding.get("max_new_tokens") if isinstance(decoding, dict) else None,
+        budget_tokens=run.budget_tokens,
     )
 
 

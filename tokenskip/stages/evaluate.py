@@ -146,7 +146,8 @@ def build_parser() -> StageParser:
                      device_help="transformers backend device: auto, cpu, cuda, cuda:1...")
     add("--baseline", choices=BASELINES, default=None,
         help="a training-free baseline on the base model, at each --compression_ratio γ < 1 (cod and nothinking "
-             "take no γ). The budget at γ is γ x the original run's mean CoT tokens (run it first). "
+             "take no γ). The budget at γ is γ x the original run's mean CoT tokens (run it first), or given in tokens "
+             "with --budget-tokens. "
              + baselines.help_text())
     add("--runs", nargs="+", choices=RUN_METHODS, default=None, metavar="METHOD",
         help="several kinds of run in one call, on one loaded model (one vLLM engine, the adapter applied per "
@@ -155,6 +156,10 @@ def build_parser() -> StageParser:
              "(cod and nothinking once). Each run goes to its own folder, exactly as separate calls would write it")
     add("--baseline-ratios", type=float, nargs="+", default=None, metavar="γ",
         help="the baselines' ratios with --runs (default: the --compression_ratio values below 1)")
+    add("--budget-tokens", type=int, nargs="+", default=None, metavar="N",
+        help=f"the budgeted baselines ({', '.join(baselines.BUDGETED)}) at budgets of N tokens instead of γ x the "
+             "original run's mean CoT (which then need not exist): one run per N, in <Method>/<N>tok/. With "
+             "--baseline (no --compression_ratio) or with --runs")
     add("--label", default=None,
         help="this run's name in reports (default: its method); with --runs, the name of the tokenskip runs")
     add("--grader", choices=sorted(GRADERS), default=DEFAULT_GRADER,
