@@ -3,7 +3,8 @@
 `make demo`'s stage 5 runs the adapter at six γ on 32 questions each, one run after another: each run is one
 continuous-batching call of 32 prompts on 48 slots, so no slot is ever refilled and every run drains to its
 longest answer. This bench takes the prompts a finished sweep wrote (each run's predictions.jsonl) and generates
-them with the same backend twice: run by run, as evaluation.py does today, and all runs' prompts as one call.
+them with the same backend twice: run by run (as evaluation.py did before it pooled them, tokenskip/evaluation/
+pool.py) and all runs' prompts as one call.
 Greedy continuous batching decodes every request as it would alone, so the two must give the same tokens,
 request for request; the bench checks that (and that both are the answers the sweep recorded) and times both.
 

@@ -163,6 +163,16 @@ class HFBackend:
         new_tokens = output[:, batch.input_ids.shape[1]:].tolist()
         return [self._completion(tokens, latency) for tokens, latency in zip(new_tokens, finished)]
 
+    def generate_pooled(self, prompts: list[str], budgets: list[int]) -> list[Completion]:
+        """Greedy continuous batching over prompts with a token cap each (the runs of a sweep in one queue); each
+        completion is the one `generate` gives the prompt alone with its cap, its latency from taking a slot to its
+        last token (POOLED_LATENCY_BASIS)."""
+        if self.decoder is None:
+            raise RuntimeError("pooled generation needs the continuous-batching decoder (greedy, on a CPU)")
+        prompt_ids = [self.tokenizer(prompt, add_special_tokens=False).input_ids for prompt in prompts]
+        return [self._completion(request.tokens, request.finished_at - request.admitted_at)
+                for request in self.decoder.generate(prompt_ids, list(budgets))]
+
     def close(self) -> None:
         self.model = None
 

@@ -22,6 +22,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 # what a request's latency is here (metrics.json's request_latency.basis), as vLLM defines it
 LATENCY_BASIS = "queued to last token (continuous batching)"
+# a request of a queue shared by several runs (tokenskip/evaluation/pool.py): the time it waited behind other runs'
+# requests is theirs, so its latency starts when it takes a slot; a different clock, never compared with the above
+POOLED_LATENCY_BASIS = "in its slot to last token (a queue shared by several runs)"
 
 
 class SlotLayer(DynamicLayer):
@@ -77,6 +80,7 @@ class Request:
     prompt: list[int]
     tokens: list[int]
     finished_at: float | None = None
+    admitted_at: float | None = None  # when its prefill began (seconds from the start of the call)
 
 
 class SlotDecoder:
@@ -93,12 +97,15 @@ class SlotDecoder:
         self.layers = config.num_hidden_layers
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], budget: int) -> list[Request]:
+    def generate(self, prompts: list[list[int]], budget: int | list[int]) -> list[Request]:
+        """Each prompt's greedy tokens, up to `budget` new tokens (one for all, or one per prompt: runs of a sweep
+        with different caps can share the queue)."""
         start = time.perf_counter()
+        budgets = budget if isinstance(budget, list) else [budget] * len(prompts)
         requests = [Request(i, prompt, []) for i, prompt in enumerate(prompts)]
         queue = deque(requests)
         rows = min(self.slots, len(requests))
-        capacity = max(len(prompt) for prompt in prompts) + budget
+        capacity = max(len(prompt) + cap for prompt, cap in zip(prompts, budgets))
         cursor = Cursor()
         layers = [SlotLayer(cursor) for _ in range(self.layers)]
         cache = Cache(layers=layers)
@@ -113,7 +120,7 @@ class SlotDecoder:
         def finish(request: Request, now: float) -> bool:
             """Whether the request is done; its latency is its step's time (one clock reading per step, so the
             requests that end in the same step end at the same time)."""
-            if request.tokens[-1] in self.stop_ids or len(request.tokens) >= budget:
+            if request.tokens[-1] in self.stop_ids or len(request.tokens) >= budgets[request.index]:
                 request.finished_at = now - start
                 return True
             return False
@@ -122,6 +129,8 @@ class SlotDecoder:
             free = [slot for slot in range(used) if held[slot] is None]
             if free and queue:
                 admitted = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                for request in admitted:
+                    request.admitted_at = time.perf_counter() - start
                 first, caches = self._prefill(admitted)
                 now = time.perf_counter()
                 if not layers[0].is_initialized:

@@ -30,6 +30,7 @@ from tokenskip.evaluation.config import (
     run_method,
 )
 from tokenskip.evaluation.metrics import summarize
+from tokenskip.evaluation.pool import Pool, fill_group, poolable_call
 from tokenskip.evaluation.summary import print_summary
 from tokenskip.grading.graders import Grade, Grader, GradeRequest
 from tokenskip.prompting import prompts, templates, thinking
@@ -67,6 +68,7 @@ class SharedModel:
     call: EvalConfig | None = None  # the whole call (its backend, budget and adapter size the engine)
     backend: Backend | None = None
     loaded_adapter: str | None = None  # the adapter the loaded backend holds
+    pool: Pool | None = None  # completions generated ahead for runs that share one queue (pool.py)
 
     def backend_for(self, run: EvalConfig) -> Backend:
         """The loaded backend, as `run` needs it (with its adapter or without)."""
@@ -99,6 +101,18 @@ class SharedModel:
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+
+
+def evaluate_runs(planned: list[EvalConfig], examples: list[data.Example], shared: SharedModel) -> list[dict]:
+    """Every run of a call, in order, each as `evaluate_ratio` makes it; consecutive runs too small to fill the
+    slots on their own have their requests generated in one queue first (pool.py), with the same outputs."""
+    shared.pool = Pool() if planned and poolable_call(shared.call or planned[0]) else None
+    results = []
+    for index, run in enumerate(planned):
+        if shared.pool is not None and index not in shared.pool.runs:
+            fill_group(shared.pool, planned, index, examples, shared)
+        results.append(evaluate_ratio(run, examples, shared))
+    return results
 
 
 def evaluate_ratio(config: EvalConfig, examples: list[data.Example], shared: SharedModel) -> dict:
@@ -184,6 +198,8 @@ def _evaluate_locked(config: EvalConfig, examples: list[data.Example], shared: S
                              "use another --output-dir or delete that folder")
         if len(done) < len(examples):
             backend = shared.backend_for(config)
+            if shared.pool is not None:
+                backend = shared.pool.view(backend)
             if backend.chunk_size != job.chunk_size:
                 raise RuntimeError(f"the {backend.name} backend chunks by {backend.chunk_size}, "
                                    f"the plan by {job.chunk_size}")
@@ -430,11 +446,13 @@ def generate_pending(planned: list[list[data.Example]], total: int, prompt_of, b
     batches = [batch for batch in planned if any(example.id not in done for example in batch)]
     progress = tqdm(total=total, initial=len(done), desc="questions", unit="q", dynamic_ncols=True)
     seconds = tokens = 0.0
+    # a pooled run's answers come back at once: its clock adds the share of the pooled call they cost (pool.py)
+    clock = getattr(backend, "charged_clock", time.perf_counter)
     for batch in batches:
-        start = time.perf_counter()
+        start = clock()
         completions = baselines.generate(backend, [prompt_of[example.id] for example in batch], max_new_tokens,
                                          [example.id for example in batch], config.baseline)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         new = [(example, completion) for example, completion in zip(batch, completions) if example.id not in done]
         grades = grade_outputs(grader, [(GradeRequest(question=example.question, model_output=completion.text,
                                                       reference=example.answer,
@@ -449,7 +467,7 @@ def generate_pending(planned: list[list[data.Example]], total: int, prompt_of, b
         # other timings, so that predictions.jsonl holds no clock reading and resumes byte-identical
         timing.append({"ids": [example.id for example, _ in new], "seconds": elapsed * len(new) / len(batch),
                        "tokens": new_tokens, "latency_s": [completion.latency_s for _, completion in new],
-                       "basis": backend.latency_basis})
+                       "basis": backend.latency_basis, **({"pooled": True} if clock is not time.perf_counter else {})})
         seconds += elapsed * len(new) / len(batch)
         tokens += new_tokens
         progress.update(len(new))

@@ -32,7 +32,7 @@ from tokenskip.evaluation.config import (
 )
 from tokenskip.evaluation.parallel import entry_command, run_ranks
 from tokenskip.evaluation.regrade import regrade
-from tokenskip.evaluation.run import SharedModel, evaluate_ratio, with_prompt_format
+from tokenskip.evaluation.run import SharedModel, evaluate_runs, with_prompt_format
 from tokenskip.grading.graders import DEFAULT_GRADER, GRADERS
 from tokenskip.prompting import prompts, templates
 from tokenskip.stages import flags
@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     shared = SharedModel(model_path, tokenizer_path, tokenizer, adapter_config, data_sha256,
                          context_length(model_path), family=family, call=config, adapter_sha256=identity)
     try:
-        return [evaluate_ratio(run, examples, shared) for run in config.plan()]
+        return evaluate_runs(config.plan(), examples, shared)
     finally:
         shared.close()  # stop the engine while the interpreter is whole (vLLM's processes)
 
