@@ -7,8 +7,8 @@ takes its own completions from it where it would have generated them, and writes
 the same, question for question (tests/evaluation/test_pool.py; bench/bench_pooling.py measured 1.52x on the demo's
 adapter sweep).
 
-Which runs share: consecutive runs of one call on the same weights (the same adapter, or none) whose budget is known
-when the group starts (a budgeted baseline's budget scales the original run's mean CoT: it joins a later group),
+Which runs share: the runs of one call on the same weights (the same adapter, or none) whose budget is known when
+the group forms (a budgeted baseline's budget scales the original run's mean CoT: it joins a later group),
 that have not started (no predictions.jsonl: a resumed run goes its own way) and whose prompts fit in one of its
 chunks (a larger run fills the slots by itself, and pooling it would hold more unwritten work than a crash should
 lose). Only the greedy continuous path of the transformers backend pools, one process, no shards.
@@ -46,7 +46,6 @@ class Pool:
         self.runs: set[int] = set()  # the plan positions whose requests were pooled
 
     def fill(self, backend, requests: list[tuple[str, int]]) -> None:
-        self.ready = {}
         start = time.perf_counter()
         completions = backend.generate_pooled([prompt for prompt, _ in requests], [cap for _, cap in requests])
         wall = time.perf_counter() - start
@@ -127,21 +126,24 @@ def pending_requests(run: EvalConfig, examples, shared) -> list[tuple[str, int]]
 
 
 def fill_group(pool: Pool, planned: list[EvalConfig], start: int, examples, shared) -> None:
-    """Pool the requests of the runs from `start` on that can share one queue with it; nothing for a group of one."""
+    """Pool the requests of the runs from `start` on, on the same weights, that can join now (a run that cannot —
+    started, or its budget waiting for the original run — is passed over and may join a later group); nothing
+    for a group of one."""
     group: list[tuple[int, list[tuple[str, int]]]] = []
     for index in range(start, len(planned)):
         run = planned[index]
-        if group and run.adapter_path != planned[start].adapter_path:
-            break
+        if run.adapter_path != planned[start].adapter_path:
+            break  # plan() runs the base model's runs first, the adapter's after
+        if index in pool.runs:
+            continue
         requests = pending_requests(run, examples, shared)
-        if requests is None:
-            break
-        group.append((index, requests))
+        if requests is not None:
+            group.append((index, requests))
     if len(group) < 2:
         return
     backend = shared.backend_for(planned[start])
     if not hasattr(backend, "generate_pooled"):
         return
     pool.fill(backend, [request for _, requests in group for request in requests])
-    pool.runs = {index for index, _ in group}
+    pool.runs |= {index for index, _ in group}
     print(f"{len(group)} runs share one queue: {sum(len(requests) for _, requests in group)} prompts")
