@@ -144,6 +144,10 @@ def fill_group(pool: Pool, planned: list[EvalConfig], start: int, examples, shar
     backend = shared.backend_for(planned[start])
     if not hasattr(backend, "generate_pooled"):
         return
-    pool.fill(backend, [request for _, requests in group for request in requests])
+    # the runs' requests interleaved, one of each run in turn: every run's requests then meet the same crowd in the
+    # slots over the call's life (the full queue, then its draining tail), so their in-slot latencies compare; run
+    # after run, the last run's requests would decode alone at the end and look faster than they are
+    longest = max(len(requests) for _, requests in group)
+    pool.fill(backend, [requests[i] for i in range(longest) for _, requests in group if i < len(requests)])
     pool.runs |= {index for index, _ in group}
     print(f"{len(group)} runs share one queue: {sum(len(requests) for _, requests in group)} prompts")
