@@ -2,10 +2,11 @@
 
 A sweep of short runs (`make demo`: 32 questions a run on 48 slots) leaves slots idle: each run is one call that
 drains to its longest answer while the next run waits. Greedy continuous batching decodes every request as it would
-alone, so the pending prompts of consecutive runs on the loaded model can be generated in one call; each run then
+alone, so the pending prompts of several runs on the loaded model can be generated in one call; each run then
 takes its own completions from it where it would have generated them, and writes its folder as before. Outputs are
-the same, question for question (tests/evaluation/test_pool.py; bench/bench_pooling.py measured 1.52x on the demo's
-adapter sweep).
+the same, byte for byte (tests/evaluation/test_pool.py; bench/bench_pooling.py measured 1.41-1.52x on the demo's
+adapter sweep). A pooled run's settings and prompts are planned twice, here and when it runs: a few milliseconds
+for the prompts that fit one call.
 
 Which runs share: the runs of one call on the same weights (the same adapter, or none) whose budget is known when
 the group forms (a budgeted baseline's budget scales the original run's mean CoT: it joins a later group),
@@ -14,8 +15,9 @@ chunks (a larger run fills the slots by itself, and pooling it would hold more u
 lose). Only the greedy continuous path of the transformers backend pools, one process, no shards.
 
 Time: a pooled request's latency runs from taking its slot to its last token (the time it queued behind other runs'
-requests is theirs), a basis of its own that report.py never compares with a run's queued-to-last-token latency
-(it falls back to seconds per question); each request is charged the pooled call's wall time in proportion to its
+requests is theirs; the runs' requests are interleaved so that each run meets the same crowd), a basis of its own
+that report.py never compares with a run's queued-to-last-token latency (it falls back to seconds per question);
+each request is charged the pooled call's wall time in proportion to its
 tokens, and a run's batch time is the sum of its requests' charges (the view's charged_clock below), so tokens/s
 and seconds per sample stay what the run cost.
 """
