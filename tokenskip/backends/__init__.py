@@ -158,4 +158,4 @@ def create_backend(config, model_path: str, tokenizer, adapter_path: str | None,
     device = resolve_device(config.device)
     return HFBackend(model_path, tokenizer, settings=decoding, batch_size=config.eval_batch_size or DEFAULT_BATCH_SIZE,
                      device=device, dtype=resolve_dtype(config.dtype, device), adapter_path=adapter_path,
-                     batching=config.batching)
+                     batching=config.batching, skinny_products=config.cpu_products == "auto")

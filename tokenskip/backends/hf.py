@@ -19,7 +19,7 @@ import torch
 from transformers import StoppingCriteria
 from transformers.cache_utils import Cache, DynamicLayer
 
-from tokenskip.backends import Completion, DecodingSettings
+from tokenskip.backends import Completion, DecodingSettings, skinny
 from tokenskip.backends.slots import LATENCY_BASIS as SLOTS_LATENCY_BASIS
 from tokenskip.backends.slots import SlotDecoder
 from tokenskip.models.loading import load_causal_lm, stop_token_ids
@@ -93,7 +93,8 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model_path: str, tokenizer, *, settings: DecodingSettings, batch_size: int,
-                 device: str, dtype, adapter_path: str | None = None, batching: str = "auto"):
+                 device: str, dtype, adapter_path: str | None = None, batching: str = "auto",
+                 skinny_products: bool = True):
         from transformers import GenerationConfig
 
         self.tokenizer = tokenizer
@@ -108,6 +109,8 @@ class HFBackend:
             register_cpu_attention()
         self.model = load_causal_lm(model_path, device=device, dtype=dtype, adapter_path=adapter_path,
                                     attn_implementation=CPU_ATTENTION if on_cpu else None, vocab_size=len(tokenizer))
+        if on_cpu and skinny_products:
+            skinny.install(self.model)  # same bits, faster decoding steps (tokenskip/backends/skinny.py)
         self.stop_ids = stop_token_ids(tokenizer)
         # A fresh config: the model's own may carry sampling defaults or a repetition penalty
         # that would silently change "greedy" decoding.

@@ -66,6 +66,7 @@ class EvalConfig:
     enforce_eager: bool = False
     gpu_memory_utilization: float | None = None  # vLLM: None leaves vLLM's default (0.9)
     batching: str = "auto"  # the transformers backend: "static" turns continuous batching off
+    cpu_products: str = "auto"  # the transformers backend on a CPU: "linear" turns tokenskip/backends/skinny.py off
     ratio_format: str = "eot"  # how γ is written into the prompt (prompts.RATIO_FORMATS)
     server_url: str | None = None
     served_model: str | None = None

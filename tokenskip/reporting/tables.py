@@ -419,13 +419,18 @@ def read_training_ratios(group: Path, root: Path) -> list[TrainingRatios]:
     return found
 
 
+def own_full_run(method: str | None, ratio: float, budget_tokens: int | None) -> bool:
+    """Whether a run is its method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything), the
+    basis of that method's ratios against itself; the original, a method without γ and a token budget have none."""
+    return (method not in (None, "original") and method not in RATIO_FREE_METHODS and ratio == 1.0
+            and budget_tokens is None)
+
+
 def make_table(group: Path, runs: list[Run], root: Path) -> Table:
     original_run = next((run for run in runs if run.method == "original"), None)
     original_label = original_run.label if original_run else None
     questions = {run.path: read_questions(run) for run in runs}
-    # each method's own γ = 1.0 run (TokenSkip/1.0/: the adapter told to keep everything); a method without γ has none
-    at_one = {run.label: run for run in runs if run.method != "original" and run.ratio == 1.0
-              and run.method not in RATIO_FREE_METHODS and run.budget_tokens is None}
+    at_one = {run.label: run for run in runs if own_full_run(run.method, run.ratio, run.budget_tokens)}
     training = read_training_ratios(group, root)
     rows = []
     for run in runs:
@@ -470,8 +475,7 @@ def pareto(rows: list[Row]) -> list[FrontierPoint]:
 
 def beside_paper(rows: list[Row], published: PublishedTable) -> PaperComparison | None:
     """The rows the paper has a number for (same method, same γ), each beside it; None when none has."""
-    at_one = {row.method: row.cot_tokens for row in rows
-              if row.method_id != "original" and row.ratio == 1.0 and row.budget_tokens is None}
+    at_one = {row.method: row.cot_tokens for row in rows if own_full_run(row.method_id, row.ratio, row.budget_tokens)}
     paired = []
     for row in rows:
         if row.budget_tokens is not None:  # the paper's runs are by γ
